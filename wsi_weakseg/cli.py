@@ -1,0 +1,153 @@
+"""Command-line interface: ``wsi-weakseg segment|info|demo|models``.
+
+Thin: parse flags, call the library, map errors to exit codes (0 ok, 1 processing failure,
+2 bad input or usage) with a one-line message and no traceback for user errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserInputError, WsiWeaksegError
+
+log = logging.getLogger("wsi_weakseg")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="packaged model name or model folder (default: the packaged default)")
+    p.add_argument("--mpp", type=_positive_float, help="slide pixel size in µm/px; overrides metadata")
+    p.add_argument("--tile-size", type=int, help="tile core in working pixels, multiple of 32 (default: model card)")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
+    p.add_argument("--num-workers", type=int, default=2, help="reader / post-processing threads (default 2)")
+    p.add_argument("--block-size", type=int, default=2048, help="merge block in working pixels (default 2048)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--roi", help="QuPath GeoJSON whose polygon annotations restrict the work")
+    p.add_argument("--compress", action="store_true", help="write .geojson.gz")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsi-weakseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"wsi-weakseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment nuclei of a slide: QuPath GeoJSON + OME-Zarr maps")
+    seg.add_argument("slide", help="whole-slide image or plain image")
+    seg.add_argument("-o", "--output", default="wsi-weakseg-output", help="output folder (default ./wsi-weakseg-output)")
+    _add_run_flags(seg)
+
+    info = sub.add_parser("info", help="slide metadata: vendor, levels, mpp, objective, bounds, tissue fraction")
+    info.add_argument("slide")
+    info.add_argument("--mpp", type=_positive_float, help="pixel size in µm/px when the slide has none")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+
+    demo = sub.add_parser("demo", help="write a small synthetic slide and segment it (no download needed)")
+    demo.add_argument("-o", "--output", default="wsi-weakseg-demo", help="output folder (default ./wsi-weakseg-demo)")
+    _add_run_flags(demo)
+
+    sub.add_parser("models", help="list packaged models")
+    return parser
+
+
+def _options(args: argparse.Namespace):
+    from .engine.segment import SegmentOptions
+
+    return SegmentOptions(
+        tile_size=args.tile_size, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+        block_size=args.block_size, mpp=args.mpp, roi=args.roi, compress=args.compress,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .engine.segment import segment
+    from .model.card import DEFAULT_MODEL
+
+    res = segment(args.slide, args.output, args.model or DEFAULT_MODEL, _options(args))
+    log.info("%d nuclei -> %s", res.n_nuclei, res.geojson)
+    print(json.dumps({"nuclei": res.n_nuclei, "geojson": str(res.geojson), "zarr": str(res.zarr), "run": str(res.run_json)}))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .demo import write_demo_slide
+    from .engine.segment import segment
+    from .model.card import DEFAULT_MODEL
+
+    with tempfile.TemporaryDirectory(prefix="wsi-weakseg-demo-") as tmp:
+        slide, n_drawn = write_demo_slide(Path(tmp) / "demo-slide.tiff")
+        log.info("wrote a synthetic %d-nucleus slide; segmenting it", n_drawn)
+        res = segment(slide, args.output, args.model or DEFAULT_MODEL, _options(args))
+    print(json.dumps({"nuclei_drawn": n_drawn, "nuclei_found": res.n_nuclei, "geojson": str(res.geojson),
+                      "zarr": str(res.zarr), "run": str(res.run_json)}))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .slide import open_slide, slide_info
+
+    with open_slide(args.slide, mpp=args.mpp) as slide:
+        info = slide_info(slide)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            if k == "levels":
+                for i, lv in enumerate(v):
+                    print(f"level {i}: {lv['width']} x {lv['height']}  downsample {lv['downsample']:g}  {lv['mpp']:.4f} µm/px")
+            else:
+                print(f"{k}: {v}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .model.card import DEFAULT_MODEL, available_models, load_model
+
+    for name in available_models():
+        card = load_model(name).card
+        tag = " (default)" if name == DEFAULT_MODEL else ""
+        state = "trained" if card.trained else "UNTRAINED"
+        print(f"{name}{tag}: {card.architecture}, {card.mpp} µm/px, {state}. {card.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``wsi-weakseg`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = {"segment": _cmd_segment, "demo": _cmd_demo, "info": _cmd_info, "models": _cmd_models}[args.command]
+    try:
+        return handler(args)
+    except UserInputError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except WsiWeaksegError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Nucleus instances from the foreground and centre maps, by rules that are exactly local.
+
+Every rule here gives each pixel a result that depends only on the maps within a fixed distance of it,
+in global coordinates, never on where a processing window starts. That is what makes blockwise
+processing (:mod:`wsi_weakseg.engine.merge`) equal to processing the whole image at once.
+
+1. **Markers** are pixels whose centre value is the strict maximum of the (value, earlier-in-raster-order)
+   order within a square of radius ``peak_radius`` and at least ``centre_threshold``, on foreground. Ties on
+   plateaus are broken by global raster position, never by window position; out-of-image pixels count as 0,
+   so markers on the image border are kept.
+2. **Pixels** are assigned to the marker of least geodesic cost (Dijkstra with ``skimage.graph.MCP_Geometric``
+   through foreground pixels, step cost ``1 + path_weight * (1 - centre)``), the *propagation* rule of
+   Jones, Carpenter & Golland (2005): touching nuclei split along the valley of the centre map. Costs are
+   >= 1 per pixel step, so cost <= ``max_cost`` keeps a nucleus within ``max_cost`` pixels of its marker;
+   a nucleus whose region would reach farther is cut there and flagged ``oversized``. Each pixel's cost is
+   multiplied by ``1 + 1e-6 * u`` with ``u`` a hash of its global position, which makes exact ties between
+   two markers (and so window-dependent tie-breaking inside Dijkstra) practically impossible.
+3. **Clean-up** per instance: keep the 4-connected component holding the marker, fill background pockets
+   bordered by that instance alone, drop instances smaller than ``min_area``. The result is 4-connected and
+   hole-free, so its outline is one simple polygon on pixel edges (:func:`outline`).
+
+Together: a pixel's final label depends on the maps within ``3 * max_cost + peak_radius`` of it
+(:meth:`InstanceParams.halo`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.graph import MCP_Geometric
+from skimage.measure import find_contours, label as cc_label
+
+_TIE_JITTER = 1e-6
+
+
+@dataclass(frozen=True)
+class InstanceParams:
+    """Post-processing parameters in working pixels and uint8 map levels.
+
+    Attributes
+    ----------
+    foreground : int
+        Foreground map level (0-255) at or above which a pixel is nucleus.
+    centre : int
+        Minimum centre map level (0-255) of a marker.
+    peak_radius : int
+        Markers are maxima within a square of this radius (pixels).
+    max_cost : float
+        Geodesic cost budget of a nucleus (pixels); its region stays within this distance of its marker.
+    path_weight : float
+        Weight of ``1 - centre`` in the step cost.
+    min_area : int
+        Instances with fewer pixels are dropped.
+    """
+
+    foreground: int
+    centre: int
+    peak_radius: int
+    max_cost: float
+    path_weight: float
+    min_area: int
+
+    @property
+    def reach(self) -> int:
+        """Farthest distance (pixels) between a marker and a pixel of its nucleus."""
+        return int(math.ceil(self.max_cost))
+
+    @property
+    def halo(self) -> int:
+        """Context a window needs around the pixels whose final labels it must get right."""
+        return 3 * self.reach + self.peak_radius + 2
+
+
+def _hash01(keys: np.ndarray) -> np.ndarray:
+    """splitmix64 of integer keys, mapped to [0, 1)."""
+    z = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def global_keys(origin: tuple[int, int], shape: tuple[int, int], width: int) -> np.ndarray:
+    """Raster keys ``row * width + col + 1`` of a window's pixels (0 is reserved for background)."""
+    rows = np.arange(origin[0], origin[0] + shape[0], dtype=np.int64)[:, None]
+    cols = np.arange(origin[1], origin[1] + shape[1], dtype=np.int64)[None, :]
+    return rows * width + cols + 1
+
+
+def find_markers(centre: np.ndarray, fg: np.ndarray, params: InstanceParams, keys: np.ndarray) -> np.ndarray:
+    """Marker positions (row, col) in the window, sorted in raster order.
+
+    Parameters
+    ----------
+    centre, fg : ndarray of uint8
+        Maps of the window; pixels outside the image must be 0.
+    params : InstanceParams
+    keys : ndarray of int64
+        Global raster keys of the window's pixels (for tie-breaking).
+
+    Returns
+    -------
+    ndarray of int, shape (n, 2)
+        Markers; those within ``peak_radius`` of the window edge are unreliable unless that edge is
+        the image edge, and the caller must discard them.
+    """
+    r = params.peak_radius
+    size = 2 * r + 1
+    peak = ndi.maximum_filter(centre, size=size, mode="constant", cval=0)
+    cand = (centre == peak) & (centre >= params.centre) & (fg >= params.foreground)
+    ys, xs = np.nonzero(cand)
+    if ys.size == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    keep = np.ones(ys.size, dtype=bool)
+    h, w = centre.shape
+    vals = centre[ys, xs]
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if (dy, dx) >= (0, 0):
+                continue  # only earlier raster positions win ties
+            qy, qx = ys + dy, xs + dx
+            inside = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w)
+            tie = np.zeros_like(keep)
+            tie[inside] = centre[qy[inside], qx[inside]] == vals[inside]
+            keep &= ~tie
+    # Ties across the window edge involve out-of-image (0) pixels only, never markers (centre >= 1).
+    out = np.stack([ys[keep], xs[keep]], axis=1).astype(np.int64)
+    order = np.argsort(keys[out[:, 0], out[:, 1]], kind="stable")
+    return out[order]
+
+
+def assign_pixels(
+    centre: np.ndarray, fg: np.ndarray, markers: np.ndarray, params: InstanceParams, keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Geodesic assignment of foreground pixels to markers.
+
+    Returns
+    -------
+    labels : ndarray of int32
+        1-based index into ``markers`` of each pixel within the cost budget, 0 elsewhere.
+    owner : ndarray of int32
+        Same, without the budget (for the oversize check); 0 where unreachable.
+    cost : ndarray of float64
+        Geodesic cost (inf where unreachable).
+    """
+    shape = centre.shape
+    labels = np.zeros(shape, dtype=np.int32)
+    if len(markers) == 0:
+        return labels, labels.copy(), np.full(shape, np.inf)
+    fgm = fg >= params.foreground
+    step = 1.0 + params.path_weight * (1.0 - centre.astype(np.float64) / 255.0)
+    step *= 1.0 + _TIE_JITTER * _hash01(keys)
+    step[~fgm] = np.inf
+    mcp = MCP_Geometric(step, fully_connected=True)
+    cost, trace = mcp.find_costs([tuple(m) for m in markers])
+    offsets = np.asarray(mcp.offsets)
+    # Predecessor pointers, then pointer jumping to the root (a marker) of every reached pixel.
+    flat = np.arange(centre.size, dtype=np.int64).reshape(shape)
+    ptr = flat.copy()
+    reached = trace >= 0
+    off = offsets[trace[reached]]
+    ptr[reached] = (np.nonzero(reached)[0] - off[:, 0]) * shape[1] + (np.nonzero(reached)[1] - off[:, 1])
+    ptr = ptr.ravel()
+    while True:
+        nxt = ptr[ptr]
+        if np.array_equal(nxt, ptr):
+            break
+        ptr = nxt
+    root_label = np.zeros(centre.size, dtype=np.int32)
+    root_label[markers[:, 0] * shape[1] + markers[:, 1]] = np.arange(1, len(markers) + 1, dtype=np.int32)
+    owner = root_label[ptr].reshape(shape)
+    owner[~np.isfinite(cost)] = 0
+    labels = np.where(cost <= params.max_cost, owner, 0).astype(np.int32)
+    return labels, owner, cost
+
+
+def clean_labels(labels: np.ndarray, markers: np.ndarray, params: InstanceParams) -> np.ndarray:
+    """Marker component only, pockets filled, small instances dropped (in place on a copy)."""
+    labels = labels.copy()
+    if len(markers) == 0:
+        return labels
+    comp = cc_label(labels, connectivity=1, background=0)
+    anchor_comp = np.zeros(comp.max() + 1, dtype=bool)
+    anchor_comp[comp[markers[:, 0], markers[:, 1]]] = True
+    anchor_comp[0] = False
+    labels[~anchor_comp[comp]] = 0
+    # Background pockets (4-connected) bordered by one instance alone are that instance's holes.
+    bg, nbg = ndi.label(labels == 0)
+    if nbg:
+        border = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+        pairs = []
+        for a, b in ((bg[1:], labels[:-1]), (bg[:-1], labels[1:]), (bg[:, 1:], labels[:, :-1]), (bg[:, :-1], labels[:, 1:])):
+            m = (a > 0) & (b > 0)
+            pairs.append(np.stack([a[m], b[m]], axis=1))
+        pairs = np.unique(np.concatenate(pairs), axis=0)
+        comps, counts = np.unique(pairs[:, 0], return_counts=True)
+        single = comps[counts == 1]
+        single = single[~np.isin(single, border)]
+        if single.size:
+            fill = np.zeros(nbg + 1, dtype=np.int32)
+            sel = np.isin(pairs[:, 0], single)
+            fill[pairs[sel, 0]] = pairs[sel, 1]
+            holes = fill[bg]
+            labels = np.where(holes > 0, holes, labels)
+    area = np.bincount(labels.ravel(), minlength=len(markers) + 1)
+    small = area < params.min_area
+    small[0] = False
+    labels[small[labels]] = 0
+    return labels
+
+
+def oversized(owner: np.ndarray, cost: np.ndarray, n_markers: int, params: InstanceParams) -> np.ndarray:
+    """Boolean per marker (index 0 unused): its region was cut at the cost budget."""
+    margin = 2.0 * math.sqrt(2.0) * (1.0 + params.path_weight) * (1.0 + 2 * _TIE_JITTER)
+    ring = (cost > params.max_cost) & (cost <= params.max_cost + margin) & (owner > 0)
+    flag = np.zeros(n_markers + 1, dtype=bool)
+    flag[np.unique(owner[ring])] = True
+    flag[0] = False
+    return flag
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Closed outline of a 4-connected, hole-free mask, on pixel edges.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        The instance; it must not touch the array border (pad it by one pixel).
+
+    Returns
+    -------
+    ndarray of float, shape (n + 1, 2)
+        Vertices ``(x, y)`` at pixel corners in the array's continuous frame, where pixel (row j, col i)
+        spans ``[i, i + 1) x [j, j + 1)`` (QuPath's convention); first vertex repeated at the end.
+
+    Notes
+    -----
+    ``find_contours`` traces the 0.5 level through pixel *centres* (pixel (j, i) at (j, i)), so each of its
+    vertices is the midpoint of a pixel edge: ``(x, y) = (col + 0.5, row + 0.5)`` has one integer
+    coordinate. Between two consecutive midpoints on perpendicular edges lies the shared corner,
+    whose x comes from the midpoint on a vertical edge (integer x) and y from the one on a horizontal
+    edge (integer y). Keeping only corners gives the exact pixel-edge polygon.
+
+    Examples
+    --------
+    >>> outline(np.pad(np.ones((1, 1), bool), 1)).tolist()
+    [[1.0, 2.0], [2.0, 2.0], [2.0, 1.0], [1.0, 1.0], [1.0, 2.0]]
+    """
+    contours = find_contours(mask.astype(np.float32), 0.5, fully_connected="low")
+    if len(contours) != 1:
+        raise ValueError(f"mask has {len(contours)} outlines; expected one (4-connected, hole-free)")
+    c = contours[0][:-1]  # drop the repeated closing point
+    xy = np.stack([c[:, 1] + 0.5, c[:, 0] + 0.5], axis=1)
+    nxt = np.roll(xy, -1, axis=0)
+    x_int = np.abs(xy[:, 0] - np.round(xy[:, 0])) < 1e-9  # midpoint of a vertical edge
+    diag = (np.abs(nxt[:, 0] - xy[:, 0]) > 1e-9) & (np.abs(nxt[:, 1] - xy[:, 1]) > 1e-9)
+    cx = np.where(x_int, xy[:, 0], nxt[:, 0])
+    cy = np.where(x_int, nxt[:, 1], xy[:, 1])
+    corners = np.round(np.stack([cx[diag], cy[diag]], axis=1))
+    return np.concatenate([corners, corners[:1]], axis=0)

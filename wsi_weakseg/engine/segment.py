@@ -1,0 +1,345 @@
+"""``segment``: one slide in, QuPath detections and OME-Zarr maps out.
+
+Stages: open the slide at the model's pixel size, find tissue, predict maps tile by tile into an
+OME-Zarr store, extract nuclei blockwise exactly once, relabel to consecutive ids, stream the GeoJSON,
+build the pyramids, write ``run.json``. Everything is written inside a hidden temporary folder in the
+output directory and renamed into place at the end, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError, NoTissueError, OutputError, WsiWeaksegError, ProcessingError
+from ..model.card import DEFAULT_MODEL, Model, load_model
+from .inference import STRIDE, Predictor, predict_tiles, tile_origins
+from .instances import InstanceParams
+from .merge import block_grid, iter_nuclei, run_blocks, write_label_ids
+from .progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentOptions:
+    """Run options (the CLI flags). ``None`` means the model card's value."""
+
+    tile_size: int | None = None
+    batch_size: int = 8
+    num_workers: int = 2
+    device: str = "auto"
+    block_size: int = 2048
+    mpp: float | None = None
+    roi: str | None = None
+    compress: bool = False
+    progress: bool = True
+
+    def validate(self, card_tile: int) -> int:
+        tile = self.tile_size or card_tile
+        if not isinstance(tile, int) or tile <= 0 or tile % STRIDE:
+            raise ConfigError(f"--tile-size must be a positive multiple of {STRIDE} (e.g. 512), got {tile}")
+        if self.block_size <= 0 or self.block_size % STRIDE:
+            raise ConfigError(f"--block-size must be a positive multiple of {STRIDE}, got {self.block_size}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 1:
+            raise ConfigError(f"--num-workers must be >= 1, got {self.num_workers}")
+        return tile
+
+
+@dataclass
+class SegmentResult:
+    """Paths written and headline numbers of one run."""
+
+    geojson: Path
+    zarr: Path
+    run_json: Path
+    n_nuclei: int
+    n_oversized: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def instance_params(model: Model, mpp: float) -> InstanceParams:
+    """The card's thresholds in working pixels at the working pixel size ``mpp``."""
+    t = model.card.thresholds
+    return InstanceParams(
+        foreground=int(math.ceil(t["foreground"] * 255)),
+        centre=max(1, int(math.ceil(t["centre"] * 255))),
+        peak_radius=max(1, int(round(t["peak_radius_um"] / mpp))),
+        max_cost=model.card.max_nucleus_um / mpp,
+        path_weight=float(t["path_weight"]),
+        min_area=max(1, int(round(t["min_area_um2"] / mpp**2))),
+    )
+
+
+def slide_fingerprint(path: Path) -> str:
+    """Cheap content identity: size plus sha256 of the first and last MiB."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        if size > 1 << 20:
+            fh.seek(max(size - (1 << 20), 1 << 20))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+@contextmanager
+def staging(output_dir: Path):
+    """A hidden temporary folder in ``output_dir``, removed on failure (with ``output_dir`` if we made it)."""
+    created = not output_dir.exists()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = output_dir / f".wsi-weakseg-tmp-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+    except OSError as exc:
+        raise OutputError(f"cannot write to output directory {output_dir}: {exc.strerror or exc}; choose another -o") from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            try:
+                output_dir.rmdir()
+            except OSError:
+                pass
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(src: Path, dst: Path) -> None:
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def segment(
+    slide_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    model: str | os.PathLike | Model = DEFAULT_MODEL,
+    options: SegmentOptions | None = None,
+) -> SegmentResult:
+    """Segment every nucleus of a slide and write QuPath GeoJSON, OME-Zarr maps and ``run.json``.
+
+    Parameters
+    ----------
+    slide_path : path
+        Whole-slide image (SVS, NDPI, MRXS, SCN, tiled TIFF ...) or plain image (PNG, JPEG, TIFF).
+    output_dir : path
+        Folder receiving ``<stem>.geojson`` (or ``.geojson.gz``), ``<stem>.ome.zarr`` and ``<stem>.run.json``.
+    model : str, path or Model
+        Packaged model name, model folder, or a loaded model.
+    options : SegmentOptions, optional
+
+    Returns
+    -------
+    SegmentResult
+
+    Raises
+    ------
+    UserInputError
+        Bad input (missing/corrupt slide, missing mpp, bad options, no tissue, unwritable output).
+    ProcessingError
+        Failure after the inputs were validated.
+    """
+    from ..io.geojson import GeoJSONWriter, nucleus_feature, stable_uuid
+    from ..io.omezarr import OmeZarrWriter
+    from ..slide import WorkingView, compute_tissue_mask, open_slide
+
+    opts = options or SegmentOptions()
+    timings: dict[str, float] = {}
+    t_start = t0 = time.perf_counter()
+    model = model if isinstance(model, Model) else load_model(model)
+    card = model.card
+    tile = opts.validate(card.tile_size)
+    if not card.trained:
+        log.warning("model %r is UNTRAINED (%s)", card.name, card.description or "no description")
+    slide_path = Path(slide_path)
+    slide = open_slide(slide_path, mpp=opts.mpp)
+    output_dir = Path(output_dir)
+    stem = slide_path.name.split(".")[0] or "slide"
+    try:
+        view = WorkingView(slide, card.mpp)
+        tissue = compute_tissue_mask(slide)
+        roi = _load_roi(opts.roi)
+        context = card.context_px
+        H, W = view.shape
+        s, (ox, oy) = view.scale, view.origin
+
+        def box0(y: int, x: int, h: int, w: int) -> tuple[float, float, float, float]:
+            return (ox + x * s, oy + y * s, ox + (x + w) * s, oy + (y + h) * s)
+
+        def wanted(y: int, x: int) -> bool:
+            b = box0(y - context, x - context, tile + 2 * context, tile + 2 * context)
+            if not tissue.region_has_tissue(*b):
+                return False
+            return roi is None or roi.intersects(_box(b, (ox, oy)))
+
+        tiles = [o for o in tile_origins((H, W), tile) if wanted(*o)]
+        if not tiles:
+            where = " inside --roi" if roi is not None else ""
+            raise NoTissueError(f"no tissue found in {slide_path}{where}; check the slide (or the ROI file)")
+        timings["open_and_tissue_s"] = time.perf_counter() - t0
+        log.info("%s: %d x %d working px at %.4f µm/px, %d tiles of %d", slide_path.name, W, H, view.mpp, len(tiles), tile)
+
+        with staging(output_dir) as tmp:
+            zpath = tmp / f"{stem}.ome.zarr"
+            store = OmeZarrWriter(zpath, (H, W), view.mpp, card.heads, chunk=tile, label_chunk=opts.block_size, name=stem)
+            predictor = Predictor(model.net, card, opts.device)
+            t0 = time.perf_counter()
+            with progress_bar(len(tiles), "infer tiles", opts.progress) as bar:
+                predict_tiles(
+                    predictor, view.read, (H, W), store.image, tiles, tile, context,
+                    opts.batch_size, opts.num_workers, on_batch=bar.update,
+                )
+            timings["inference_s"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            import zarr
+
+            params = instance_params(model, view.mpp)
+            keys = zarr.create_array(
+                tmp / "keys.zarr", shape=(H, W), chunks=(opts.block_size, opts.block_size), dtype="int64", fill_value=0
+            )
+            blocks = block_grid((H, W), opts.block_size)
+            anchor_filter = None
+            if roi is not None:
+                import shapely
+
+                def anchor_filter(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+                    return shapely.contains_xy(roi, (cols + 0.5) * s, (rows + 0.5) * s)
+
+            with progress_bar(len(blocks), "instances", opts.progress) as bar:
+                results = run_blocks(
+                    store.image, keys, opts.block_size, params, tmp / "blocks", blocks, opts.num_workers,
+                    on_done=lambda: bar.update(1), anchor_filter=anchor_filter,
+                )
+            sorted_keys = np.sort(np.concatenate([r.keys for r in results]))
+            n_oversized = int(sum(r.n_oversized for r in results))
+            write_label_ids(keys, store.labels["nuclei"], sorted_keys, opts.num_workers)
+            timings["instances_s"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            fingerprint = slide_fingerprint(slide_path)
+            cls = card.classes[0]
+            suffix = ".geojson.gz" if opts.compress else ".geojson"
+            gpath = tmp / f"{stem}{suffix}"
+            area_um2 = view.mpp**2
+            n = 0
+            with GeoJSONWriter(gpath, compress=opts.compress) as out:
+                for nid, nuc in enumerate(iter_nuclei(tmp / "blocks", blocks), start=1):
+                    ring = nuc.ring * s  # working px -> level-0 px, relative to the bounds origin
+                    ay, ax = nuc.anchor
+                    feature = nucleus_feature(
+                        stable_uuid(fingerprint, model.sha256, ax, ay),
+                        ring,
+                        class_name=cls["name"],
+                        color=tuple(cls["color"]),
+                        measurements={
+                            "Label": nid,
+                            "Nucleus: Area µm^2": round(nuc.area_px * area_um2, 4),
+                            "Nucleus: Perimeter µm": round(_perimeter(nuc.ring) * view.mpp, 4),
+                            "Nucleus: Mean probability": round(nuc.mean_foreground, 4),
+                            "Nucleus: Centre score": round(nuc.centre_score, 4),
+                        },
+                    )
+                    out.write(feature)
+                    n += 1
+            timings["geojson_s"] = time.perf_counter() - t0
+            if n != len(sorted_keys):
+                raise ProcessingError(f"internal error: {n} polygons for {len(sorted_keys)} labels")
+            if n_oversized:
+                log.warning(
+                    "%d nuclei reach the model's size limit (max_nucleus_um = %g µm) and were cut there; "
+                    "inspect them (large or merged nuclei) or use a model card with a larger max_nucleus_um",
+                    n_oversized, card.max_nucleus_um,
+                )
+
+            t0 = time.perf_counter()
+            store.finalize()
+            shutil.rmtree(tmp / "keys.zarr")
+            shutil.rmtree(tmp / "blocks")
+            timings["pyramid_s"] = time.perf_counter() - t0
+            timings["total_s"] = time.perf_counter() - t_start
+
+            run = {
+                "wsi_weakseg_version": __version__,
+                "slide": {"path": str(slide_path.resolve()), "fingerprint": fingerprint, "vendor": slide.vendor,
+                          "mpp": slide.mpp, "mpp_source": slide.mpp_source, "bounds": list(slide.bounds)},
+                "coordinates": {"unit": "level-0 pixel", "origin_level0": [ox, oy],
+                                "note": "relative to the slide's bounds origin, as QuPath's OpenSlide server shows it"},
+                "model": {"name": card.name, "path": str(model.path) if model.path else None,
+                          "sha256": model.sha256, "trained": card.trained},
+                "working": {"mpp": view.mpp, "scale": s, "level": view.level, "resampled": view.resampled,
+                            "shape": [H, W]},
+                "config": {**asdict(opts), "tile_size": tile, "context_px": context,
+                           "halo_px": params.halo, "instance_params": asdict(params)},
+                "device": str(predictor.device),
+                "versions": _versions(),
+                "tiles": {"total": len(tile_origins((H, W), tile)), "processed": len(tiles)},
+                "tissue": {"fraction": tissue.fraction, "area_mm2": tissue.area_um2(slide.mpp) / 1e6},
+                "nuclei": n,
+                "nuclei_oversized": n_oversized,
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            }
+            rpath = tmp / f"{stem}.run.json"
+            rpath.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+            final = {p: output_dir / p.name for p in (zpath, gpath, rpath)}
+            for src, dst in final.items():
+                _publish(src, dst)
+    except WsiWeaksegError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"writing outputs to {output_dir} failed: {exc}") from exc
+    finally:
+        slide.close()
+    return SegmentResult(
+        geojson=final[gpath], zarr=final[zpath], run_json=final[rpath], n_nuclei=n,
+        n_oversized=n_oversized, timings=timings,
+    )
+
+
+def _perimeter(ring: np.ndarray) -> float:
+    return float(np.hypot(*np.diff(ring, axis=0).T).sum())
+
+
+def _box(b: tuple[float, float, float, float], origin: tuple[int, int]):
+    from shapely.geometry import box
+
+    return box(b[0] - origin[0], b[1] - origin[1], b[2] - origin[0], b[3] - origin[1])
+
+
+def _load_roi(path: str | None):
+    if path is None:
+        return None
+    from ..io.geojson import read_roi
+
+    return read_roi(path)
+
+
+def _versions() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("torch", "numpy", "scipy", "scikit-image", "zarr", "dask", "openslide-python", "openslide-bin", "shapely"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out

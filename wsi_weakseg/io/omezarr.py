@@ -1,0 +1,270 @@
+"""OME-Zarr 0.5 (zarr v3) output: a probability image with its nucleus label image, as pyramids.
+
+Layout written by :class:`OmeZarrWriter`::
+
+    <path>/zarr.json              ome: version 0.5, multiscales (c, y, x), omero channels
+    <path>/0, 1, ...              uint8 image levels (c, y, x), value = round(255 * p)
+    <path>/labels/zarr.json       ome: labels ["nuclei"]
+    <path>/labels/nuclei/0, ...   uint32 instance labels (y, x), 0 = background
+
+Level ``k`` has pixel size ``mpp * 2**k`` micrometres and shape ``ceil(shape / 2**k)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from wsi_weakseg.errors import ConfigError, OutputError
+from wsi_weakseg.io._omezarr_validate import validate_ome_zarr
+
+__all__ = ["OmeZarrWriter", "validate_ome_zarr"]
+
+log = logging.getLogger(__name__)
+
+OME_VERSION = "0.5"
+#: Display colours (RRGGBB) cycled over the channels, for viewers that read ``omero``.
+_COLORS = ("FF00FF", "00FFFF", "FFFF00", "FF0000", "00FF00", "0000FF")
+
+
+def _compressor() -> BloscCodec:
+    """Blosc/zstd with byte shuffle: read by zarr-python, napari, zarr-java (QuPath) and tensorstore."""
+    return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+
+
+def _axes(channel: bool) -> list[dict[str, str]]:
+    space = [{"name": n, "type": "space", "unit": "micrometer"} for n in ("y", "x")]
+    return ([{"name": "c", "type": "channel"}] if channel else []) + space
+
+
+def _multiscale(name: str, n_levels: int, mpp: float, *, channel: bool, method: str) -> dict[str, Any]:
+    datasets = []
+    for k in range(n_levels):
+        size = mpp * 2**k
+        scale = ([1.0] if channel else []) + [size, size]
+        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    return {"name": name, "axes": _axes(channel), "datasets": datasets, "type": method}
+
+
+def _level_shapes(shape_yx: tuple[int, int], min_size: int) -> list[tuple[int, int]]:
+    """Shapes of the pyramid: halve (rounding up) until the largest side is <= ``min_size``."""
+    shapes = [shape_yx]
+    while max(shapes[-1]) > min_size:
+        y, x = shapes[-1]
+        shapes.append(((y + 1) // 2, (x + 1) // 2))
+    return shapes
+
+
+def _mean2x2(level: da.Array) -> da.Array:
+    """2x2 mean of a (c, y, x) uint8 dask array, rounded half up; odd edges average what exists."""
+    _, y, x = level.shape
+    padded = da.pad(level, ((0, 0), (0, y % 2), (0, x % 2)), mode="edge")
+    total = da.coarsen(np.sum, padded.astype(np.uint16), {1: 2, 2: 2})
+    return ((total + 2) // 4).astype(np.uint8)
+
+
+class OmeZarrWriter:
+    """Create an OME-Zarr 0.5 store that the engine fills block by block, then pyramid it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Folder of the store (created; it must not exist or be empty).
+    shape_yx : tuple of int
+        ``(height, width)`` of level 0, at the model's working resolution.
+    mpp : float
+        Pixel size of level 0 in micrometres.
+    channels : Sequence of str
+        Channel names of the probability image, e.g. ``("foreground", "centre")``.
+    chunk : int, optional
+        Chunk side of the image arrays (and of the labels unless ``label_chunk`` is given).
+    label_chunk : int, optional
+        Chunk side of the label arrays.
+    labels : Sequence of str, optional
+        Names of the label images, ``("nuclei",)`` by default.
+    name : str, optional
+        Name of the multiscale image (e.g. the slide name).
+
+    Attributes
+    ----------
+    image : zarr.Array
+        Level 0 of the image, ``(c, y, x)`` uint8, chunks ``(1, chunk, chunk)``.
+    labels : dict of str to zarr.Array
+        Level 0 of each label image, ``(y, x)`` uint32.
+    root : zarr.Group
+        The store's root group.
+
+    Raises
+    ------
+    OutputError
+        If the folder cannot be created, or already holds something.
+    ConfigError
+        If a shape, size, pixel size or name is invalid.
+
+    Notes
+    -----
+    Until :meth:`finalize` the store is already a valid single-level OME-Zarr image.
+    Arrays are filled with ``arr[:, y0:y1, x0:x1] = block``; chunks never written stay absent
+    (read as 0), so regions without tissue cost nothing.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        shape_yx: tuple[int, int],
+        mpp: float,
+        channels: Sequence[str],
+        *,
+        chunk: int = 512,
+        label_chunk: int | None = None,
+        labels: Sequence[str] = ("nuclei",),
+        name: str = "",
+    ) -> None:
+        self.path = Path(path)
+        self.shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
+        self.mpp = float(mpp)
+        self.channels = [str(c) for c in channels]
+        self.chunk = int(chunk)
+        self.label_chunk = int(label_chunk) if label_chunk is not None else self.chunk
+        self.name = str(name)
+        label_names = [str(n) for n in labels]
+        if len(shape_yx) != 2 or min(self.shape_yx) < 1:
+            raise ConfigError(f"shape_yx must be two positive sizes, got {tuple(shape_yx)}")
+        if not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise ConfigError(f"mpp must be a positive pixel size in micrometres, got {mpp}")
+        if not self.channels or len(set(self.channels)) != len(self.channels):
+            raise ConfigError(f"channels must be non-empty and unique, got {self.channels}")
+        if self.chunk < 1 or self.label_chunk < 1:
+            raise ConfigError(f"chunk sizes must be positive, got {chunk} and {label_chunk}")
+        bad = [n for n in label_names if not n or "/" in n or n.startswith(".") or label_names.count(n) > 1]
+        if bad:
+            raise ConfigError(f"label names must be unique, non-empty, without '/' or a leading '.', got {bad}")
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise OutputError(f"cannot create OME-Zarr at {self.path}: it already exists; remove it or choose another")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.root = zarr.create_group(store=str(self.path), zarr_format=3)
+            c = len(self.channels)
+            self.image = self.root.create_array(
+                "0",
+                shape=(c, *self.shape_yx),
+                dtype="uint8",
+                chunks=(1, self.chunk, self.chunk),
+                dimension_names=["c", "y", "x"],
+                compressors=[_compressor()],
+                fill_value=0,
+            )
+            labels_group = self.root.create_group("labels")
+            self.labels: dict[str, zarr.Array] = {}
+            for label in label_names:
+                group = labels_group.create_group(label)
+                self.labels[label] = group.create_array(
+                    "0",
+                    shape=self.shape_yx,
+                    dtype="uint32",
+                    chunks=(self.label_chunk, self.label_chunk),
+                    dimension_names=["y", "x"],
+                    compressors=[_compressor()],
+                    fill_value=0,
+                )
+            self._write_metadata(1)
+        except OSError as exc:
+            raise OutputError(f"cannot create OME-Zarr at {self.path}: {exc}; choose a writable folder") from exc
+        log.debug("created OME-Zarr %s: %s x %s, channels %s", self.path, c, self.shape_yx, self.channels)
+
+    def _write_metadata(self, n_levels: int) -> None:
+        omero = {
+            "channels": [
+                {
+                    "label": label,
+                    "color": _COLORS[k % len(_COLORS)],
+                    "active": True,
+                    "coefficient": 1.0,
+                    "family": "linear",
+                    "inverted": False,
+                    "window": {"min": 0, "max": 255, "start": 0, "end": 255},
+                }
+                for k, label in enumerate(self.channels)
+            ],
+            "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0},
+        }
+        image_ms = _multiscale(self.name, n_levels, self.mpp, channel=True, method="mean")
+        self.root.attrs.put({"ome": {"version": OME_VERSION, "multiscales": [image_ms], "omero": omero}})
+        labels_group = self.root["labels"]
+        labels_group.attrs.put({"ome": {"version": OME_VERSION, "labels": list(self.labels)}})
+        for label in self.labels:
+            label_ms = _multiscale(label, n_levels, self.mpp, channel=False, method="nearest")
+            labels_group[label].attrs.put(
+                {
+                    "ome": {
+                        "version": OME_VERSION,
+                        "image-label": {"source": {"image": "../../"}},
+                        "multiscales": [label_ms],
+                    }
+                }
+            )
+
+    def finalize(self, min_size: int = 256) -> None:
+        """Build the pyramids blockwise and write the final OME-Zarr metadata.
+
+        Parameters
+        ----------
+        min_size : int, optional
+            Halve until the largest side of a level is at most this many pixels.
+
+        Notes
+        -----
+        Image level ``k + 1`` is the 2x2 mean of level ``k`` rounded half up,
+        ``(a + b + c + d + 2) // 4``; an odd last row or column averages the pixels that exist.
+        Label level ``k + 1`` is ``level_k[::2, ::2]`` (nearest; no ids are invented). Each level
+        is read back from the store chunk by chunk with dask, never whole.
+        """
+        if min_size < 1:
+            raise ConfigError(f"min_size must be at least 1, got {min_size}")
+        shapes = _level_shapes(self.shape_yx, int(min_size))
+        c = len(self.channels)
+        try:
+            previous = self.image
+            for k, shape in enumerate(shapes[1:], start=1):
+                source = da.from_zarr(previous)
+                target = self.root.create_array(
+                    str(k),
+                    shape=(c, *shape),
+                    dtype="uint8",
+                    chunks=(1, self.chunk, self.chunk),
+                    dimension_names=["c", "y", "x"],
+                    compressors=[_compressor()],
+                    fill_value=0,
+                    overwrite=True,
+                )
+                da.store(_mean2x2(source).rechunk(target.chunks), target, lock=False)
+                previous = target
+            for label, level0 in self.labels.items():
+                group = self.root["labels"][label]
+                previous = level0
+                for k, shape in enumerate(shapes[1:], start=1):
+                    target = group.create_array(
+                        str(k),
+                        shape=shape,
+                        dtype="uint32",
+                        chunks=(self.label_chunk, self.label_chunk),
+                        dimension_names=["y", "x"],
+                        compressors=[_compressor()],
+                        fill_value=0,
+                        overwrite=True,
+                    )
+                    da.store(da.from_zarr(previous)[::2, ::2].rechunk(target.chunks), target, lock=False)
+                    previous = target
+            self._write_metadata(len(shapes))
+        except OSError as exc:
+            raise OutputError(f"writing the OME-Zarr pyramid at {self.path} failed: {exc}") from exc
+        log.info("finalized OME-Zarr %s with %d levels", self.path, len(shapes))

@@ -1,0 +1,266 @@
+"""Model folders: a ``card.json`` describing the model plus an optional weights file.
+
+A model is loaded by name (a folder packaged under ``wsi_weakseg/models/``) or by path. The card carries
+everything the engine needs to run it correctly on a slide: working pixel size, tile size, inference context,
+the largest nucleus the merge supports, normalisation, thresholds, classes and colours, and the sha256 of the
+weights, which is checked on load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelCardError
+
+log = logging.getLogger(__name__)
+
+CARD_NAME = "card.json"
+PACKAGED = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL = "hematoxylin-baseline"
+HEADS = ("foreground", "centre")
+
+DEFAULT_THRESHOLDS = {
+    "foreground": 0.5,  # foreground probability above which a pixel can belong to a nucleus
+    "centre": 0.3,  # minimum centre-heatmap value of a nucleus marker
+    "peak_radius_um": 2.0,  # markers are maxima of the centre map within this radius
+    "min_area_um2": 6.0,  # smaller instances are dropped
+    "path_weight": 2.0,  # weight of (1 - centre) in the geodesic cost that splits touching nuclei
+}
+
+
+@dataclass
+class ModelCard:
+    """Everything the engine needs to know about a model.
+
+    Attributes
+    ----------
+    name : str
+        Model name.
+    architecture : str
+        ``"resnet34-unet"`` or ``"hematoxylin-baseline"``.
+    arch_kwargs : dict
+        Keyword arguments of the architecture's constructor.
+    mpp : float
+        Working pixel size in microns per pixel.
+    tile_size : int
+        Default tile core size in working pixels (multiple of 32).
+    context_px : int
+        Inference context added on every side of a tile (working pixels, multiple of 32); measured so that
+        tiled and whole-image maps agree within tolerance.
+    max_nucleus_um : float
+        Largest nucleus diameter (microns) the exactly-once merge supports; sets the merge overlap.
+    heads : list of str
+        Names of the output channels.
+    activation : str
+        ``"sigmoid"`` when the network outputs logits, ``"identity"`` when it outputs probabilities.
+    normalization : dict
+        ``mean`` and ``std`` per RGB channel on the [0, 1] scale.
+    thresholds : dict
+        Post-processing thresholds (see ``DEFAULT_THRESHOLDS``).
+    classes : list of dict
+        ``{"name", "color"}`` of each output class; the first is the nucleus class.
+    weights : str or None
+        File name of the state_dict inside the model folder.
+    weights_sha256 : str or None
+        sha256 of the weights file.
+    trained : bool
+        False for untrained/heuristic models; outputs are then labelled as such.
+    description : str
+        Free text.
+    training : dict or None
+        Summary of the training data and recipe.
+    metrics : dict or None
+        Validation metrics.
+    """
+
+    name: str
+    architecture: str
+    mpp: float
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    tile_size: int = 512
+    context_px: int = 64
+    max_nucleus_um: float = 20.0
+    heads: list[str] = field(default_factory=lambda: list(HEADS))
+    activation: str = "sigmoid"
+    normalization: dict[str, list[float]] = field(
+        default_factory=lambda: {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    )
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    classes: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "Nucleus", "color": [220, 40, 40]}])
+    weights: str | None = None
+    weights_sha256: str | None = None
+    trained: bool = True
+    description: str = ""
+    training: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (isinstance(self.mpp, (int, float)) and math.isfinite(self.mpp) and self.mpp > 0):
+            problems.append(f"mpp must be a positive number, got {self.mpp!r}")
+        if self.tile_size <= 0 or self.tile_size % 32:
+            problems.append(f"tile_size must be a positive multiple of 32, got {self.tile_size}")
+        if self.context_px < 0 or self.context_px % 32:
+            problems.append(f"context_px must be a non-negative multiple of 32, got {self.context_px}")
+        if not self.max_nucleus_um > 0:
+            problems.append("max_nucleus_um must be positive")
+        if list(self.heads[:2]) != list(HEADS):
+            problems.append(f"heads must start with {list(HEADS)}, got {self.heads}")
+        if self.activation not in ("sigmoid", "identity"):
+            problems.append(f"activation must be 'sigmoid' or 'identity', got {self.activation!r}")
+        missing = set(DEFAULT_THRESHOLDS) - set(self.thresholds)
+        if missing:
+            problems.append(f"thresholds lack {sorted(missing)}")
+        if not self.classes or any("name" not in c or len(c.get("color", ())) != 3 for c in self.classes):
+            problems.append("classes must be a non-empty list of {name, color: [r, g, b]}")
+        if problems:
+            raise ModelCardError(f"invalid model card {self.name!r}: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "card") -> ModelCard:
+        """Build a card from its JSON mapping, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelCardError(f"{source}: unknown model-card keys {unknown}; known keys are {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ModelCardError(f"{source}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def px(self, microns: float) -> float:
+        """Convert a length in microns to working pixels."""
+        return microns / self.mpp
+
+
+@dataclass
+class Model:
+    """A loaded model: its card, its network (eval mode) and its folder."""
+
+    card: ModelCard
+    net: nn.Module
+    path: Path | None = None
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the model: weights sha256, or the card's hash for parameter-free models."""
+        if self.card.weights_sha256:
+            return self.card.weights_sha256
+        blob = json.dumps(self.card.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def build_net(card: ModelCard) -> nn.Module:
+    """Instantiate the card's architecture with its kwargs (weights not loaded)."""
+    try:
+        if card.architecture == "resnet34-unet":
+            from .resnet_unet import ResNet34UNet
+
+            return ResNet34UNet(out_channels=len(card.heads), **card.arch_kwargs)
+        if card.architecture == "hematoxylin-baseline":
+            from .baseline import HematoxylinBaseline
+
+            return HematoxylinBaseline(**card.arch_kwargs)
+    except TypeError as exc:
+        raise ModelCardError(f"model {card.name!r}: bad arch_kwargs {card.arch_kwargs}: {exc}") from None
+    raise ModelCardError(
+        f"model {card.name!r}: unknown architecture {card.architecture!r}; "
+        "use 'resnet34-unet' or 'hematoxylin-baseline'"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def available_models() -> list[str]:
+    """Names of the models packaged with wsi-weakseg."""
+    return sorted(p.parent.name for p in PACKAGED.glob(f"*/{CARD_NAME}"))
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """Map a model name or folder path to the folder holding its card."""
+    p = Path(name_or_path)
+    if (p / CARD_NAME).is_file():
+        return p
+    if p.is_file() and p.name == CARD_NAME:
+        return p.parent
+    if (PACKAGED / str(name_or_path) / CARD_NAME).is_file():
+        return PACKAGED / str(name_or_path)
+    raise ModelCardError(
+        f"no model named or at {str(name_or_path)!r}: give a folder containing {CARD_NAME} "
+        f"or one of the packaged models {available_models()}"
+    )
+
+
+def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> Model:
+    """Load a model folder (or packaged model by name), checking the weights' sha256.
+
+    Raises
+    ------
+    ModelCardError
+        The folder or card is missing or malformed, or the weights are missing or do not match the card.
+    """
+    folder = resolve_model_dir(name_or_path)
+    card_path = folder / CARD_NAME
+    try:
+        data = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelCardError(f"cannot read model card {card_path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelCardError(f"model card {card_path} must hold a JSON object")
+    card = ModelCard.from_dict(data, source=str(card_path))
+    net = build_net(card)
+    if card.weights:
+        wpath = folder / card.weights
+        if not wpath.is_file():
+            raise ModelCardError(f"model {card.name!r}: weights file {wpath} is missing")
+        digest = file_sha256(wpath)
+        if card.weights_sha256 and digest != card.weights_sha256:
+            raise ModelCardError(
+                f"model {card.name!r}: weights {wpath.name} have sha256 {digest[:12]}..., the card says "
+                f"{card.weights_sha256[:12]}...; the file is corrupt or belongs to another model"
+            )
+        try:
+            state = torch.load(wpath, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - any failure here means the weights do not fit the card
+            raise ModelCardError(f"model {card.name!r}: weights {wpath.name} do not load: {exc}") from None
+    elif card.architecture != "hematoxylin-baseline":
+        log.warning("model %r has no weights: running an untrained network", card.name)
+    net.eval()
+    return Model(card=card, net=net, path=folder)
+
+
+def save_model(folder: str | Path, card: ModelCard, net: nn.Module) -> Path:
+    """Write ``net``'s state_dict and ``card`` (with the weights' sha256) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = net.state_dict()
+    if state:
+        card.weights = card.weights or "weights.pt"
+        tmp = folder / (card.weights + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(folder / card.weights)
+        card.weights_sha256 = file_sha256(folder / card.weights)
+    tmp_card = folder / (CARD_NAME + ".tmp")
+    tmp_card.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    tmp_card.replace(folder / CARD_NAME)
+    return folder
