@@ -181,6 +181,8 @@ def segment(
         context = card.context_px
         H, W = view.shape
         s, (ox, oy) = view.scale, view.origin
+        # Output frame: level-0 pixels relative to the bounds origin (QuPath's OpenSlide server frame).
+        fx, fy = ox - slide.bounds[0], oy - slide.bounds[1]
 
         def box0(y: int, x: int, h: int, w: int) -> tuple[float, float, float, float]:
             return (ox + x * s, oy + y * s, ox + (x + w) * s, oy + (y + h) * s)
@@ -189,7 +191,7 @@ def segment(
             b = box0(y - context, x - context, tile + 2 * context, tile + 2 * context)
             if not tissue.region_has_tissue(*b):
                 return False
-            return roi is None or roi.intersects(_box(b, (ox, oy)))
+            return roi is None or roi.intersects(_box(b, slide.bounds[:2]))
 
         tiles = [o for o in tile_origins((H, W), tile) if wanted(*o)]
         if not tiles:
@@ -223,7 +225,7 @@ def segment(
                 import shapely
 
                 def anchor_filter(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-                    return shapely.contains_xy(roi, (cols + 0.5) * s, (rows + 0.5) * s)
+                    return shapely.contains_xy(roi, fx + (cols + 0.5) * s, fy + (rows + 0.5) * s)
 
             with progress_bar(len(blocks), "instances", opts.progress) as bar:
                 results = run_blocks(
@@ -244,7 +246,7 @@ def segment(
             n = 0
             with GeoJSONWriter(gpath, compress=opts.compress) as out:
                 for nid, nuc in enumerate(iter_nuclei(tmp / "blocks", blocks), start=1):
-                    ring = nuc.ring * s  # working px -> level-0 px, relative to the bounds origin
+                    ring = nuc.ring * s + (fx, fy)  # working px -> level-0 px in the output frame
                     ay, ax = nuc.anchor
                     feature = nucleus_feature(
                         stable_uuid(fingerprint, model.sha256, ax, ay),
@@ -282,7 +284,7 @@ def segment(
                 "wsi_weakseg_version": __version__,
                 "slide": {"path": str(slide_path.resolve()), "fingerprint": fingerprint, "vendor": slide.vendor,
                           "mpp": slide.mpp, "mpp_source": slide.mpp_source, "bounds": list(slide.bounds)},
-                "coordinates": {"unit": "level-0 pixel", "origin_level0": [ox, oy],
+                "coordinates": {"unit": "level-0 pixel", "origin_level0": list(slide.bounds[:2]),
                                 "note": "relative to the slide's bounds origin, as QuPath's OpenSlide server shows it"},
                 "model": {"name": card.name, "path": str(model.path) if model.path else None,
                           "sha256": model.sha256, "trained": card.trained},

@@ -1,0 +1,130 @@
+"""Read plain (non-pyramidal) images fully into memory, with their pixel size when it is physical."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from wsi_weakseg.errors import SlideReadError, UnsupportedFormatError
+from wsi_weakseg.slide import _mpp
+
+log = logging.getLogger(__name__)
+
+#: Above this many pixels a plain image is still read, but a warning suggests a pyramidal format.
+LARGE_IMAGE_PIXELS = 20_000 * 20_000
+
+_TIFF_UNITS = {2: "inch", 3: "centimeter"}
+
+
+def read_plain_image(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str]]:
+    """Decode an image file to RGB.
+
+    Returns
+    -------
+    rgb : numpy.ndarray
+        uint8 (height, width, 3).
+    mpp : float or None
+        Pixel size from TIFF resolution tags, PNG pHYs (metre unit) or JPEG density (inch/cm unit);
+        ``None`` when absent, unit-less or implausible.
+    source : str
+        "tiff-resolution" or "metadata".
+    properties : dict
+        A few metadata entries (format, size, resolution tags).
+
+    Raises
+    ------
+    SlideReadError
+        The file is truncated or corrupt.
+    UnsupportedFormatError
+        The file is not a readable image.
+    """
+    from wsi_weakseg.slide.reader import is_tiff
+
+    if is_tiff(path):
+        return _read_tiff(path)
+    return _read_pil(path)
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str]]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            arr = page.asarray()
+            photometric = int(page.photometric)
+            tags = {t.name: t.value for t in page.tags.values() if t.name in ("XResolution", "YResolution", "ResolutionUnit")}
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise SlideReadError(f"{path}: cannot decode TIFF (corrupt or truncated?): {exc}") from exc
+    props = {"image.format": "TIFF"}
+    unit = _TIFF_UNITS.get(int(tags.get("ResolutionUnit", 2)))
+    mpps = []
+    for axis in ("XResolution", "YResolution"):
+        value = tags.get(axis)
+        if value is not None:
+            res = value[0] / value[1] if isinstance(value, tuple) and value[1] else None
+            props[f"tiff.{axis}"] = repr(res)
+            mpps.append(_mpp.mpp_from_resolution(res, unit))
+        else:
+            mpps.append(None)
+    if "ResolutionUnit" in tags:
+        props["tiff.ResolutionUnit"] = unit or "none"
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar configuration
+    if photometric == 0 and arr.ndim == 2:  # MinIsWhite
+        arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind == "u" else arr
+    rgb = _to_rgb8(arr, path)
+    return rgb, _mpp.combine_xy(mpps[0], mpps[1], str(path)), "tiff-resolution", props
+
+
+def _read_pil(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # slides are large by nature; we warn instead
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError as exc:
+        raise UnsupportedFormatError(
+            f"{path} is not a slide or image format wsi-weakseg reads (OpenSlide formats, PNG, JPEG, TIFF, BMP)"
+        ) from exc
+    except OSError as exc:
+        raise SlideReadError(f"{path}: cannot read: {exc}") from exc
+    with im:
+        fmt = im.format or "unknown"
+        if im.width * im.height > LARGE_IMAGE_PIXELS:
+            log.warning("%s: a %dx%d plain image is read fully into memory; a pyramidal TIFF is faster", path, im.width, im.height)
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise SlideReadError(f"{path}: cannot decode {fmt} image (corrupt or truncated?): {exc}") from exc
+        props = {"image.format": fmt, "image.mode": im.mode}
+        dpi = im.info.get("dpi")  # PIL sets it only for physical units (PNG metre, JPEG inch/cm)
+        mpp = None
+        if dpi is not None:
+            props["image.dpi"] = repr(tuple(float(d) for d in dpi))
+            mpp = _mpp.combine_xy(
+                _mpp.mpp_from_resolution(dpi[0], "inch"), _mpp.mpp_from_resolution(dpi[1], "inch"), str(path)
+            )
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            arr = np.asarray(im.convert("RGBA"))
+        elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im)
+        else:
+            arr = np.asarray(im.convert("RGB"))
+    return _to_rgb8(arr, path), mpp, "metadata", props
+
+
+def _to_rgb8(arr: np.ndarray, path: Path) -> np.ndarray:
+    from wsi_weakseg.slide.reader import composite_on_white
+
+    if arr.dtype == np.uint16:
+        arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        raise UnsupportedFormatError(f"{path}: pixel type {arr.dtype} is not supported (need 8- or 16-bit)")
+    if arr.ndim not in (2, 3):
+        raise UnsupportedFormatError(f"{path}: unsupported image shape {arr.shape}")
+    return composite_on_white(arr)
