@@ -164,7 +164,10 @@ def load_torchvision_encoder(model: ResNet34UNet, path: str | Path) -> list[str]
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
     unused = [k for k in state if k.startswith("fc.")]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{path} is not a torchvision resnet34 state_dict: {exc}") from None
     if missing or unexpected:
         raise ValueError(
             f"{path} is not a torchvision resnet34 state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})"

@@ -1,0 +1,141 @@
+"""Instance rules: half-pixel outlines, window-independent markers and labels, clean-up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+from scipy import ndimage as ndi
+from shapely.geometry import Polygon
+from skimage.draw import disk
+
+from wsi_weakseg.engine import merge
+from wsi_weakseg.engine.instances import (
+    InstanceParams,
+    assign_pixels,
+    clean_labels,
+    find_markers,
+    global_keys,
+    outline,
+)
+
+PARAMS = InstanceParams(foreground=128, centre=60, peak_radius=2, max_cost=20.0, path_weight=2.0, min_area=5)
+
+
+def test_outline_single_pixel_is_its_unit_square():
+    """Pixel (row 2, col 3) spans [3, 4) x [2, 3) in QuPath's convention, not centred on (3, 2)."""
+    mask = np.zeros((5, 6), bool)
+    mask[2, 3] = True
+    ring = outline(mask)
+    assert ring[0].tolist() == ring[-1].tolist()
+    assert sorted(map(tuple, ring[:-1].tolist())) == [(3.0, 2.0), (3.0, 3.0), (4.0, 2.0), (4.0, 3.0)]
+    assert Polygon(ring).area == 1.0
+
+
+def test_outline_hand_worked_l_shape():
+    mask = np.zeros((6, 7), bool)
+    mask[1:4, 1:3] = True  # 3 x 2 block
+    mask[3, 3:5] = True  # foot to the right on the bottom row
+    poly = Polygon(outline(mask))
+    assert poly.is_valid and poly.area == 8.0
+    assert set(map(tuple, outline(mask)[:-1].tolist())) == {(1, 1), (3, 1), (3, 3), (5, 3), (5, 4), (1, 4)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_outline_rasterises_back_to_the_mask(seed):
+    rng = np.random.default_rng(seed)
+    noise = rng.random((40, 40)) > 0.4
+    comp, _ = ndi.label(noise)  # 4-connected components
+    biggest = np.bincount(comp.ravel())[1:].argmax() + 1
+    anchor = np.argwhere(comp == biggest)[:1]
+    labels = clean_labels(np.where(noise, 1, 0).astype(np.int32), anchor, PARAMS)
+    mask = np.pad(labels == 1, 1)
+    assert mask.sum() >= 20  # a ragged blob, holes filled
+    poly = Polygon(outline(mask))
+    yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+    assert poly.is_valid
+    np.testing.assert_array_equal(shapely.contains_xy(poly, xx + 0.5, yy + 0.5), mask)
+
+
+def test_plateau_gives_one_marker_at_its_first_raster_pixel_wherever_the_window_starts():
+    centre = np.zeros((30, 30), np.uint8)
+    centre[10:12, 10:13] = 200  # 2 x 3 plateau
+    fg = np.full_like(centre, 255)
+    for oy, ox in ((0, 0), (3, 7), (9, 9)):
+        win_c, win_f = centre[oy:, ox:], fg[oy:, ox:]
+        keys = global_keys((oy, ox), win_c.shape, 30)
+        m = find_markers(win_c, win_f, PARAMS, keys)
+        assert (m + [oy, ox]).tolist() == [[10, 10]]
+
+
+def test_markers_on_the_image_border_are_kept():
+    centre = np.zeros((20, 20), np.uint8)
+    centre[0, 5] = 250
+    centre[19, 19] = 250
+    m = find_markers(centre, np.full_like(centre, 255), PARAMS, global_keys((0, 0), centre.shape, 20))
+    assert m.tolist() == [[0, 5], [19, 19]]
+
+
+def _blobs(shape=(120, 160), seed=0):
+    rng = np.random.default_rng(seed)
+    centre = np.zeros(shape, np.float64)
+    for _ in range(40):
+        y, x = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        r = rng.uniform(4, 8)
+        rr, cc = disk((y, x), r + 1, shape=shape)
+        val = 1 - np.hypot(rr - y, cc - x) / (r + 1)
+        centre[rr, cc] = np.maximum(centre[rr, cc], val)
+    c8 = np.round(centre * 255).astype(np.uint8)
+    fg = np.where(centre > 0.15, 255, 0).astype(np.uint8)
+    return np.stack([fg, c8])
+
+
+def test_touching_nuclei_split_along_the_valley():
+    shape = (40, 60)
+    c = np.zeros(shape)
+    for x in (20, 33):
+        rr, cc = disk((20, x), 8, shape=shape)
+        c[rr, cc] = np.maximum(c[rr, cc], 1 - np.hypot(rr - 20, cc - x) / 9)
+    centre = np.round(c * 255).astype(np.uint8)
+    fg = np.where(c > 0.1, 255, 0).astype(np.uint8)
+    keys = global_keys((0, 0), shape, shape[1])
+    markers = find_markers(centre, fg, PARAMS, keys)
+    assert markers.tolist() == [[20, 20], [20, 33]]
+    labels, _, _ = assign_pixels(centre, fg, markers, PARAMS, keys)
+    labels = clean_labels(labels, markers, PARAMS)
+    row = labels[20]
+    assert set(row[13:26]) == {1} and set(row[28:40]) == {2}  # the split lies in the valley (x 26-27)
+
+
+def test_clean_labels_fills_holes_and_drops_fragments_and_small():
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:9, 2:9] = 1
+    labels[5, 5] = 0  # a hole
+    labels[12, 12] = 1  # a detached fragment of instance 1
+    labels[15:17, 2:4] = 2  # 4 pixels < min_area 5
+    markers = np.array([[3, 3], [15, 2]])
+    out = clean_labels(labels, markers, PARAMS)
+    assert out[5, 5] == 1 and out[12, 12] == 0 and not (out == 2).any()
+    assert (out == 1).sum() == 49
+
+
+@pytest.mark.parametrize("block", [32, 64, 96])
+def test_blocks_equal_whole_on_synthetic_maps(tmp_path, block):
+    maps = _blobs()
+    whole_keys = np.zeros(maps.shape[1:], np.int64)
+    merge.run_blocks(maps, whole_keys, 256, PARAMS, tmp_path / "whole")
+    whole = list(merge.iter_nuclei(tmp_path / "whole", merge.block_grid(maps.shape[1:], 256)))
+    keys = np.zeros_like(whole_keys)
+    merge.run_blocks(maps, keys, block, PARAMS, tmp_path / "b", num_workers=2)
+    nuclei = list(merge.iter_nuclei(tmp_path / "b", merge.block_grid(maps.shape[1:], block)))
+    assert len(whole) >= 20
+    np.testing.assert_array_equal(keys, whole_keys)
+    assert [n.key for n in nuclei] == [n.key for n in whole]
+    for a, b in zip(nuclei, whole):
+        np.testing.assert_array_equal(a.ring, b.ring)
+
+
+def test_keys_to_ids_consecutive():
+    keys = np.array([[0, 57, 57], [12, 0, 99]])
+    ids = merge.keys_to_ids(keys, np.array([12, 57, 99]))
+    assert ids.tolist() == [[0, 2, 2], [1, 0, 3]]

@@ -1,0 +1,103 @@
+"""ResNet34-UNet, torchvision weight loading, the baseline's locality, model cards."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wsi_weakseg.errors import ModelCardError
+from wsi_weakseg.model.card import DEFAULT_MODEL, ModelCard, available_models, load_model, save_model
+from wsi_weakseg.model.resnet_unet import ResNet34UNet, load_torchvision_encoder
+
+
+def test_encoder_is_resnet34():
+    """torchvision's resnet34 has 21,797,672 parameters, 513,000 of them in the fc classifier."""
+    net = ResNet34UNet(out_channels=2)
+    n = sum(p.numel() for p in net.encoder.parameters())
+    assert n == 21_797_672 - 513_000
+    assert [len(getattr(net.encoder, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+
+
+def test_forward_shape_and_stride_check():
+    net = ResNet34UNet(out_channels=3, width=4).eval()
+    with torch.inference_mode():
+        assert net(torch.zeros(2, 3, 64, 96)).shape == (2, 3, 64, 96)
+        with pytest.raises(ValueError, match="multiple of 32"):
+            net(torch.zeros(1, 3, 50, 64))
+
+
+def test_loads_torchvision_state_dict(tmp_path):
+    """A state_dict with torchvision's key names (incl. fc.*) fills the encoder exactly."""
+    torch.manual_seed(1)
+    src = ResNet34UNet(out_channels=2)
+    state = {k: v.clone() for k, v in src.encoder.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    torch.save(state, tmp_path / "resnet34.pth")
+    torch.manual_seed(2)
+    dst = ResNet34UNet(out_channels=2)
+    unused = load_torchvision_encoder(dst, tmp_path / "resnet34.pth")
+    assert sorted(unused) == ["fc.bias", "fc.weight"]
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(dst.encoder.state_dict()[k], v), k
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a torchvision resnet34"):
+        load_torchvision_encoder(dst, tmp_path / "bad.pth")
+
+
+def test_baseline_output_depends_only_on_pixels_within_its_radius():
+    net = load_model(DEFAULT_MODEL).net
+    r = net.receptive_radius
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (1, 3, 96, 96)).astype(np.float32) / 255.0)
+    y0 = net(x)
+    x2 = x.clone()
+    x2[0, :, 48, 48] = 0.0  # a dark pixel
+    diff = (net(x2) - y0).abs().sum(dim=(0, 1)) > 0
+    ys, xs = np.nonzero(diff.numpy())
+    assert ys.size > 0
+    assert max(abs(ys - 48).max(), abs(xs - 48).max()) <= r
+
+
+def test_card_roundtrip_and_sha_check(tmp_path):
+    torch.manual_seed(0)
+    card = ModelCard(name="t", architecture="resnet34-unet", mpp=0.5, arch_kwargs={"width": 4}, tile_size=64)
+    folder = save_model(tmp_path / "m", card, ResNet34UNet(out_channels=2, width=4))
+    model = load_model(folder)
+    assert model.card.weights_sha256 and model.sha256 == model.card.weights_sha256
+    x = torch.rand(1, 3, 64, 64)
+    ref = ResNet34UNet(out_channels=2, width=4)
+    ref.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+    with torch.inference_mode():
+        assert torch.equal(model.net(x), ref.eval()(x))
+    raw = bytearray((folder / "weights.pt").read_bytes())
+    raw[-10] ^= 0xFF
+    (folder / "weights.pt").write_bytes(bytes(raw))
+    with pytest.raises(ModelCardError, match="sha256"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize(
+    "patch, match",
+    [
+        ({"colour": 1}, "unknown model-card keys"),
+        ({"tile_size": 100}, "multiple of 32"),
+        ({"mpp": -1}, "mpp"),
+        ({"architecture": "vit"}, "unknown architecture"),
+    ],
+)
+def test_bad_cards_are_rejected(tmp_path, patch, match):
+    data = load_model(DEFAULT_MODEL).card.to_dict() | patch
+    (tmp_path / "card.json").write_text(json.dumps(data))
+    with pytest.raises(ModelCardError, match=match):
+        load_model(tmp_path)
+
+
+def test_packaged_models():
+    assert DEFAULT_MODEL in available_models()
+    card = load_model(DEFAULT_MODEL).card
+    assert card.trained is False and "UNTRAINED" in card.description
+    with pytest.raises(ModelCardError, match="packaged models"):
+        load_model("no-such-model")

@@ -1,0 +1,104 @@
+"""Measure the inference context a network needs for tiled maps to equal whole-image maps.
+
+A convolutional network's theoretical receptive field is far larger than what actually influences its
+output (the effective receptive field). The context stored in a model card is measured instead of
+guessed: for growing context, maps predicted tile by tile are compared with maps predicted on the whole
+image; the smallest context whose maps agree within tolerance wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..engine.inference import STRIDE, Predictor, predict_image, predict_tiles, tile_origins
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContextMeasurement:
+    """Agreement between tiled and whole-image maps at one context.
+
+    Attributes
+    ----------
+    context : int
+        Context (pixels on each side).
+    max_abs : float
+        Largest absolute probability difference over all pixels and maps.
+    mean_abs : float
+        Mean absolute probability difference.
+    """
+
+    context: int
+    max_abs: float
+    mean_abs: float
+
+
+def compare_context(predictor: Predictor, images: Sequence[np.ndarray], tile: int, context: int) -> ContextMeasurement:
+    """Tiled (``tile``, ``context``) versus whole-image maps of each image; worst case over images."""
+    worst, total, count = 0.0, 0.0, 0
+    for image in images:
+        shape = image.shape[:2]
+        whole = predict_image(predictor, image, context=max(context, 2 * tile))
+        tiled = np.zeros_like(whole)
+
+        def read(y: int, x: int, h: int, w: int, image: np.ndarray = image) -> np.ndarray:
+            return image[y : y + h, x : x + w]
+
+        predict_tiles(predictor, read, shape, tiled, tile_origins(shape, tile), tile, context, batch_size=4, num_workers=1)
+        diff = np.abs(tiled.astype(np.int16) - whole.astype(np.int16)) / 255.0
+        worst = max(worst, float(diff.max()))
+        total += float(diff.sum())
+        count += diff.size
+    return ContextMeasurement(context=context, max_abs=worst, mean_abs=total / max(count, 1))
+
+
+def measure_context(
+    predictor: Predictor,
+    images: Sequence[np.ndarray],
+    tile: int,
+    tolerance: float = 0.05,
+    candidates: Sequence[int] = (0, 32, 64, 96, 128, 160, 192, 256),
+) -> tuple[int, list[ContextMeasurement]]:
+    """Smallest context (multiple of 32) whose tiled maps are within ``tolerance`` of whole-image maps.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        The network wrapped for inference.
+    images : sequence of ndarray
+        RGB uint8 images at the model's pixel size, each larger than a few tiles.
+    tile : int
+        Tile core size to test (the card's).
+    tolerance : float
+        Largest allowed absolute probability difference at any pixel.
+    candidates : sequence of int
+        Contexts to try, ascending.
+
+    Returns
+    -------
+    context : int
+        The smallest passing candidate (the largest candidate if none passes, with a warning).
+    measurements : list of ContextMeasurement
+        One per candidate tried.
+
+    Notes
+    -----
+    The whole-image reference is padded by at least two tiles, so that its own image-edge padding
+    matches tiled inference within the image. Both runs use the same quantisation to uint8.
+    """
+    if any(c % STRIDE for c in candidates):
+        raise ValueError(f"context candidates must be multiples of {STRIDE}")
+    out: list[ContextMeasurement] = []
+    for c in candidates:
+        m = compare_context(predictor, images, tile, c)
+        out.append(m)
+        log.info("context %d px: max |tiled - whole| = %.4f, mean %.5f", c, m.max_abs, m.mean_abs)
+        if m.max_abs <= tolerance:
+            return c, out
+    log.warning("no candidate context reached tolerance %.3f; using %d px", tolerance, candidates[-1])
+    return candidates[-1], out
