@@ -62,9 +62,9 @@ def test_tcga_jp2k_svs_needs_mpp(shared_data: Path, tmp_path: Path):
         segment(slide, tmp_path / "x", options=SegmentOptions(**OPTS))
     assert not (tmp_path / "x").exists()
     roi = _roi(tmp_path / "roi.geojson", 2000, 1600, 2600, 2100)
-    res = segment(slide, tmp_path / "out", options=SegmentOptions(mpp=0.25, roi=str(roi), **OPTS))
+    res = segment(slide, tmp_path / "out", options=SegmentOptions(mpp=0.5, roi=str(roi), **OPTS))
     run = json.loads(res.run_json.read_text())
-    assert run["working"]["level"] == 1  # level 1 (0.5001 µm/px) is read without resampling
+    assert run["slide"]["mpp_source"] == "user" and run["working"]["level"] == 0
     assert res.n_nuclei >= 20
     xs = np.concatenate([np.asarray(f["geometry"]["coordinates"][0])[:, 0] for f in read_features(res.geojson)])
     assert xs.min() >= 1900 and xs.max() <= 2700  # level-0 coordinates, not level-1

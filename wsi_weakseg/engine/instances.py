@@ -17,7 +17,8 @@ processing (:mod:`wsi_weakseg.engine.merge`) equal to processing the whole image
    two markers (and so window-dependent tie-breaking inside Dijkstra) practically impossible.
 3. **Clean-up** per instance: keep the 4-connected component holding the marker, fill background pockets
    bordered by that instance alone, drop instances smaller than ``min_area``. The result is 4-connected and
-   hole-free, so its outline is one simple polygon on pixel edges (:func:`outline`).
+   hole-free, so its outline is one polygon on pixel edges (:mod:`~wsi_weakseg.engine.outlines`), with
+   holes only where it encloses another instance.
 
 Together: a pixel's final label depends on the maps within ``3 * max_cost + peak_radius`` of it
 (:meth:`InstanceParams.halo`).
@@ -31,7 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.graph import MCP_Geometric
-from skimage.measure import find_contours, label as cc_label
+from skimage.measure import label as cc_label
+
+from .outlines import trace_outlines
 
 _TIE_JITTER = 1e-6
 
@@ -224,41 +227,21 @@ def oversized(owner: np.ndarray, cost: np.ndarray, n_markers: int, params: Insta
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
-    """Closed outline of a 4-connected, hole-free mask, on pixel edges.
-
-    Parameters
-    ----------
-    mask : ndarray of bool
-        The instance; it must not touch the array border (pad it by one pixel).
+    """Closed exterior outline of a 4-connected mask, on pixel edges.
 
     Returns
     -------
     ndarray of float, shape (n + 1, 2)
-        Vertices ``(x, y)`` at pixel corners in the array's continuous frame, where pixel (row j, col i)
-        spans ``[i, i + 1) x [j, j + 1)`` (QuPath's convention); first vertex repeated at the end.
-
-    Notes
-    -----
-    ``find_contours`` traces the 0.5 level through pixel *centres* (pixel (j, i) at (j, i)), so each of its
-    vertices is the midpoint of a pixel edge: ``(x, y) = (col + 0.5, row + 0.5)`` has one integer
-    coordinate. Between two consecutive midpoints on perpendicular edges lies the shared corner,
-    whose x comes from the midpoint on a vertical edge (integer x) and y from the one on a horizontal
-    edge (integer y). Keeping only corners gives the exact pixel-edge polygon.
+        Corners ``(x, y)`` in the array's continuous frame, where pixel (row j, col i) spans
+        ``[i, i + 1) x [j, j + 1)`` (QuPath's convention); first vertex repeated at the end.
+        See :func:`~wsi_weakseg.engine.outlines.trace_outlines`.
 
     Examples
     --------
     >>> outline(np.pad(np.ones((1, 1), bool), 1)).tolist()
-    [[1.0, 2.0], [2.0, 2.0], [2.0, 1.0], [1.0, 1.0], [1.0, 2.0]]
+    [[1.0, 1.0], [2.0, 1.0], [2.0, 2.0], [1.0, 2.0], [1.0, 1.0]]
     """
-    contours = find_contours(mask.astype(np.float32), 0.5, fully_connected="low")
-    if len(contours) != 1:
-        raise ValueError(f"mask has {len(contours)} outlines; expected one (4-connected, hole-free)")
-    c = contours[0][:-1]  # drop the repeated closing point
-    xy = np.stack([c[:, 1] + 0.5, c[:, 0] + 0.5], axis=1)
-    nxt = np.roll(xy, -1, axis=0)
-    x_int = np.abs(xy[:, 0] - np.round(xy[:, 0])) < 1e-9  # midpoint of a vertical edge
-    diag = (np.abs(nxt[:, 0] - xy[:, 0]) > 1e-9) & (np.abs(nxt[:, 1] - xy[:, 1]) > 1e-9)
-    cx = np.where(x_int, xy[:, 0], nxt[:, 0])
-    cy = np.where(x_int, nxt[:, 1], xy[:, 1])
-    corners = np.round(np.stack([cx[diag], cy[diag]], axis=1))
-    return np.concatenate([corners, corners[:1]], axis=0)
+    rings = trace_outlines(mask.astype(np.int32), [1]).get(1)
+    if not rings:
+        raise ValueError("empty mask has no outline")
+    return rings[0]

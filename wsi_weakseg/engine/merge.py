@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
-from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, global_keys, oversized, outline
+from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, global_keys, oversized
+from .outlines import trace_outlines
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Nucleus:
 
     key: int  # raster key of the anchor, row * width + col + 1
     anchor: tuple[int, int]  # (row, col)
-    ring: np.ndarray  # (n, 2) closed (x, y) outline on pixel edges
+    rings: list[np.ndarray]  # closed (x, y) outlines on pixel edges: exterior, then holes (enclosed nuclei)
     area_px: int
     mean_foreground: float
     centre_score: float
@@ -121,23 +121,22 @@ def process_block(
         (markers[:, 0] >= halo) & (markers[:, 0] < halo + (y1 - y0))
         & (markers[:, 1] >= halo) & (markers[:, 1] < halo + (x1 - x0))
     )[0] + 1 if len(markers) else np.zeros(0, np.int64)
-    slices = ndi.find_objects(labels, max_label=len(markers))
+    nm = len(markers) + 1
+    area = np.bincount(labels.ravel(), minlength=nm)
+    owned = owned[area[owned] > 0]  # some were dropped by clean-up (too small) or the anchor filter
+    fg_sum = np.bincount(labels.ravel(), weights=fg.ravel(), minlength=nm)
+    rings = trace_outlines(labels, owned)
+    offset = np.array([wx, wy], dtype=np.float64)
     nuclei = []
-    for idx in owned:
-        sl = slices[idx - 1]
-        if sl is None:
-            continue  # dropped by clean-up (too small)
-        crop = labels[sl] == idx
+    for idx in owned.tolist():
         my, mx = int(markers[idx - 1, 0]), int(markers[idx - 1, 1])
-        ring = outline(np.pad(crop, 1))
-        ring += np.array([wx + sl[1].start - 1, wy + sl[0].start - 1], dtype=np.float64)
         nuclei.append(
             Nucleus(
                 key=int(marker_keys[idx]),
                 anchor=(wy + my, wx + mx),
-                ring=ring,
-                area_px=int(crop.sum()),
-                mean_foreground=float(fg[sl][crop].mean() / 255.0),
+                rings=[r + offset for r in rings[idx]],
+                area_px=int(area[idx]),
+                mean_foreground=float(fg_sum[idx] / area[idx] / 255.0),
                 centre_score=float(centre[my, mx] / 255.0),
                 oversized=bool(flags[idx]),
             )

@@ -94,7 +94,7 @@ def _ring(vertices: np.ndarray, what: str) -> list[list[float]]:
         arr = arr[:-1]
     if len(arr) < 3:
         raise ValueError(f"{what} needs at least 3 distinct vertices after rounding, got {len(arr)}")
-    ring = [[float(x), float(y)] for x, y in arr]
+    ring = arr.tolist()
     ring.append(list(ring[0]))
     return ring
 

@@ -59,7 +59,7 @@ class HematoxylinBaseline(nn.Module):
     """
 
     def __init__(
-        self, sigma_px: float = 1.0, centre_sigma_px: float = 4.0, h_low: float = 0.12, h_high: float = 0.30
+        self, sigma_px: float = 1.0, centre_sigma_px: float = 3.0, h_low: float = 0.3, h_high: float = 0.5
     ) -> None:
         super().__init__()
         self.r1, self.taps1 = _gaussian_taps(sigma_px)

@@ -1,0 +1,112 @@
+"""Outlines of many instances at once, traced on pixel edges (QuPath's pixel convention).
+
+Pixel (row j, col i) spans ``[i, i + 1) x [j, j + 1)``: its corners are integer points and an instance's
+outline runs along the edges between its pixels and the others. Every boundary edge is emitted with the
+instance on its right-hand side (image axes, y down), edges are chained corner to corner into rings, and
+collinear corners are dropped. Where two pixels of an instance touch only diagonally (a saddle), the ring
+keeps to the pixel it came along, i.e. the instance is treated as 4-connected, as the instance rules make it.
+
+All instances of a window are traced in one vectorised pass plus one loop over edges, so the cost per
+nucleus is a few microseconds instead of a ``find_contours`` call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# side: 0 top (+x), 1 right (+y), 2 bottom (-x), 3 left (-y); (dy, dx) of the neighbour across that side,
+# and start/end corner offsets (x, y) relative to the pixel's top-left corner.
+_SIDES = (
+    ((-1, 0), (0, 0), (1, 0)),
+    ((0, 1), (1, 0), (1, 1)),
+    ((1, 0), (1, 1), (0, 1)),
+    ((0, -1), (0, 1), (0, 0)),
+)
+
+
+def trace_outlines(labels: np.ndarray, ids) -> dict[int, list[np.ndarray]]:
+    """Rings of the instances ``ids`` of a label image.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (h, w)
+        Label image; instances are treated as 4-connected.
+    ids : array-like of int
+        Instances to trace (non-zero labels present in ``labels``).
+
+    Returns
+    -------
+    dict
+        ``id -> [exterior, *holes]``; each ring is a closed ``(n + 1, 2)`` float array of ``(x, y)`` corners
+        in the label image's frame, starting at its top-left-most corner. A hole appears only where another
+        instance is enclosed (background pockets are filled by the instance rules).
+
+    Examples
+    --------
+    >>> lab = np.zeros((3, 4), int); lab[1, 1:3] = 7
+    >>> trace_outlines(lab, [7])[7][0].tolist()
+    [[1.0, 1.0], [3.0, 1.0], [3.0, 2.0], [1.0, 2.0], [1.0, 1.0]]
+    """
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    if ids.size == 0:
+        return {}
+    h, w = labels.shape
+    lab = np.pad(labels, 1)
+    sel = np.zeros(int(max(lab.max(), ids.max())) + 1, dtype=bool)
+    sel[ids] = True
+    ys, xs = np.nonzero(sel[lab])
+    inst = lab[ys, xs].astype(np.int64)
+    parts = []
+    for side, ((dy, dx), (sx, sy), (ex, ey)) in enumerate(_SIDES):
+        m = lab[ys + dy, xs + dx] != inst
+        n = int(m.sum())
+        parts.append(
+            np.stack([inst[m], xs[m] + sx, ys[m] + sy, xs[m] + ex, ys[m] + ey, ys[m] * (w + 2) + xs[m], np.full(n, side)])
+        )
+    e = np.concatenate(parts, axis=1)
+    cw = w + 3  # corners per row in the padded frame
+    ncorner = (h + 3) * cw
+    start = e[0] * ncorner + e[2] * cw + e[1]
+    order = np.lexsort((e[6], start))
+    e, start = e[:, order], start[order]
+    end = e[0] * ncorner + e[4] * cw + e[3]
+    n = start.size
+    succ = np.searchsorted(start, end)
+    alt = np.minimum(succ + 1, n - 1)
+    saddle = (succ + 1 < n) & (start[alt] == end)
+    # At a saddle, continue along the pixel the edge came from.
+    succ = np.where(saddle & (e[5, succ] != e[5]), alt, succ)
+
+    nxt = succ.tolist()
+    seen = bytearray(n)
+    cycles: list[list[int]] = []
+    for i in range(n):
+        if seen[i]:
+            continue
+        cyc = []
+        j = i
+        while not seen[j]:
+            seen[j] = 1
+            cyc.append(j)
+            j = nxt[j]
+        cycles.append(cyc)
+
+    out: dict[int, list[np.ndarray]] = {}
+    for cyc in cycles:
+        idx = np.asarray(cyc)
+        side = e[6, idx]
+        keep = side != np.roll(side, 1)
+        v = np.stack([e[1, idx][keep], e[2, idx][keep]], axis=1).astype(np.float64) - 1.0
+        ring = np.concatenate([v, v[:1]])
+        out.setdefault(int(e[0, idx[0]]), []).append(ring)
+    for k, rings in out.items():
+        if len(rings) > 1:  # exterior first: the ring of largest area
+            areas = [abs(_area(r)) for r in rings]
+            first = int(np.argmax(areas))
+            out[k] = [rings[first]] + [r for i, r in enumerate(rings) if i != first]
+    return out
+
+
+def _area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
