@@ -10,10 +10,11 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import UserInputError, WsiWeaksegError
+from .errors import WsiWeaksegError
 
 log = logging.getLogger("wsi_weakseg")
 
@@ -136,17 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     handler = {"segment": _cmd_segment, "demo": _cmd_demo, "info": _cmd_info, "models": _cmd_models}[args.command]
+    # Errors are printed, not logged: the message must reach stderr even when logging is configured elsewhere.
     try:
         return handler(args)
-    except UserInputError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
     except WsiWeaksegError as exc:
-        log.error("%s", exc)
+        print(f"wsi-weakseg: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted")
+        print("wsi-weakseg: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug or an environment failure: exit 1, traceback only with -v
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(f"wsi-weakseg: error: unexpected {type(exc).__name__}: {exc}; rerun with -v for the traceback "
+              "and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

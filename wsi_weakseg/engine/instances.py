@@ -37,6 +37,7 @@ from skimage.measure import label as cc_label
 from .outlines import trace_outlines
 
 _TIE_JITTER = 1e-6
+_PEAK_SHIFT = 2  # markers compare centre values at 256 >> 2 = 64 levels
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,15 @@ def find_markers(centre: np.ndarray, fg: np.ndarray, params: InstanceParams, key
     """
     r = params.peak_radius
     size = 2 * r + 1
-    peak = ndi.maximum_filter(centre, size=size, mode="constant", cval=0)
-    cand = (centre == peak) & (centre >= params.centre) & (fg >= params.foreground)
+    level = centre >> _PEAK_SHIFT  # coarser levels: a 1/255 wobble between runs rarely moves a maximum
+    peak = ndi.maximum_filter(level, size=size, mode="constant", cval=0)
+    cand = (level == peak) & (centre >= params.centre) & (fg >= params.foreground)
     ys, xs = np.nonzero(cand)
     if ys.size == 0:
         return np.empty((0, 2), dtype=np.int64)
     keep = np.ones(ys.size, dtype=bool)
     h, w = centre.shape
-    vals = centre[ys, xs]
+    vals = level[ys, xs]
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
             if (dy, dx) >= (0, 0):
@@ -128,7 +130,7 @@ def find_markers(centre: np.ndarray, fg: np.ndarray, params: InstanceParams, key
             qy, qx = ys + dy, xs + dx
             inside = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w)
             tie = np.zeros_like(keep)
-            tie[inside] = centre[qy[inside], qx[inside]] == vals[inside]
+            tie[inside] = level[qy[inside], qx[inside]] == vals[inside]
             keep &= ~tie
     # Ties across the window edge involve out-of-image (0) pixels only, never markers (centre >= 1).
     out = np.stack([ys[keep], xs[keep]], axis=1).astype(np.int64)

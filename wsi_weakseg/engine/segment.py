@@ -8,6 +8,7 @@ output directory and renamed into place at the end, so a failure leaves nothing 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from ..errors import ConfigError, NoTissueError, OutputError, WsiWeaksegError, P
 from ..model.card import DEFAULT_MODEL, Model, load_model
 from .inference import STRIDE, Predictor, predict_tiles, tile_origins
 from .instances import InstanceParams
+from .features import DetectionFormat
 from .merge import block_grid, iter_nuclei, run_blocks, write_label_ids
 from .progress import progress_bar
 
@@ -51,7 +53,7 @@ class SegmentOptions:
     progress: bool = True
 
     def validate(self, card_tile: int) -> int:
-        tile = self.tile_size or card_tile
+        tile = card_tile if self.tile_size is None else self.tile_size
         if not isinstance(tile, int) or tile <= 0 or tile % STRIDE:
             raise ConfigError(f"--tile-size must be a positive multiple of {STRIDE} (e.g. 512), got {tile}")
         if self.block_size <= 0 or self.block_size % STRIDE:
@@ -102,31 +104,57 @@ def slide_fingerprint(path: Path) -> str:
 
 @contextmanager
 def staging(output_dir: Path):
-    """A hidden temporary folder in ``output_dir``, removed on failure (with ``output_dir`` if we made it)."""
-    created = not output_dir.exists()
+    """A hidden temporary folder in ``output_dir``, removed on failure (with the folders this run created)."""
+    # folders this run creates, deepest first: removed again on failure
+    created = [p for p in (output_dir, *output_dir.parents) if not p.exists() and not p.is_symlink()]
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         tmp = output_dir / f".wsi-weakseg-tmp-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
     except OSError as exc:
+        _remove_empty(created)
         raise OutputError(f"cannot write to output directory {output_dir}: {exc.strerror or exc}; choose another -o") from None
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            try:
-                output_dir.rmdir()
-            except OSError:
-                pass
+        _remove_empty(created)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _publish(src: Path, dst: Path) -> None:
-    if dst.is_dir() and not dst.is_symlink():
-        shutil.rmtree(dst)
-    os.replace(src, dst)
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def _publish_all(moves: dict[Path, Path], tmp: Path) -> None:
+    """Move each staged ``src`` to ``dst``, all or nothing: on failure, earlier moves are undone and the
+    previous outputs (parked inside ``tmp``, which is removed afterwards) are put back."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for src, dst in moves.items():
+            old = None
+            if dst.exists() or dst.is_symlink():
+                old = tmp / f".previous-{dst.name}"
+                os.replace(dst, old)
+            done.append((dst, old))
+            os.replace(src, dst)
+    except BaseException:
+        for dst, old in reversed(done):
+            try:
+                if dst.is_dir() and not dst.is_symlink():
+                    shutil.rmtree(dst)
+                elif dst.exists() or dst.is_symlink():
+                    dst.unlink()
+                if old is not None:
+                    os.replace(old, dst)
+            except OSError as exc:
+                log.error("could not restore %s after a failed run: %s", dst, exc)
+        raise
 
 
 def segment(
@@ -158,7 +186,7 @@ def segment(
     ProcessingError
         Failure after the inputs were validated.
     """
-    from ..io.geojson import GeoJSONWriter, nucleus_feature, stable_uuid
+    from ..io.geojson import GeoJSONWriter
     from ..io.omezarr import OmeZarrWriter
     from ..slide import WorkingView, compute_tissue_mask, open_slide
 
@@ -193,7 +221,17 @@ def segment(
                 return False
             return roi is None or roi.intersects(_box(b, slide.bounds[:2]))
 
+        def roi_has_tissue(y: int, x: int) -> bool:
+            part = roi.intersection(_box(box0(y, x, tile, tile), slide.bounds[:2]))
+            if part.is_empty:
+                return False
+            x0, y0, x1, y1 = part.bounds
+            bx, by = slide.bounds[:2]
+            return tissue.region_has_tissue(x0 + bx, y0 + by, x1 + bx, y1 + by)
+
         tiles = [o for o in tile_origins((H, W), tile) if wanted(*o)]
+        if roi is not None and not any(roi_has_tissue(y, x) for y, x in tiles):
+            tiles = []  # the ROI touches tiles with tissue, but not the tissue itself
         if not tiles:
             where = " inside --roi" if roi is not None else ""
             raise NoTissueError(f"no tissue found in {slide_path}{where}; check the slide (or the ROI file)")
@@ -220,17 +258,18 @@ def segment(
                 tmp / "keys.zarr", shape=(H, W), chunks=(opts.block_size, opts.block_size), dtype="int64", fill_value=0
             )
             blocks = block_grid((H, W), opts.block_size)
-            anchor_filter = None
-            if roi is not None:
-                import shapely
+            anchor_filter = None if roi is None else functools.partial(_anchor_in_roi, roi, fx, fy, s)
 
-                def anchor_filter(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-                    return shapely.contains_xy(roi, fx + (cols + 0.5) * s, fy + (rows + 0.5) * s)
-
+            fingerprint = slide_fingerprint(slide_path)
+            cls = card.classes[0]
+            formatter = DetectionFormat(
+                fingerprint=fingerprint, model_sha=model.sha256, scale=s, offset=(fx, fy), mpp=view.mpp,
+                class_name=cls["name"], color=tuple(cls["color"]),
+            )
             with progress_bar(len(blocks), "instances", opts.progress) as bar:
                 results = run_blocks(
                     store.image, keys, opts.block_size, params, tmp / "blocks", blocks, opts.num_workers,
-                    on_done=lambda: bar.update(1), anchor_filter=anchor_filter,
+                    on_done=lambda: bar.update(1), anchor_filter=anchor_filter, formatter=formatter,
                 )
             sorted_keys = np.sort(np.concatenate([r.keys for r in results]))
             n_oversized = int(sum(r.n_oversized for r in results))
@@ -238,30 +277,13 @@ def segment(
             timings["instances_s"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            fingerprint = slide_fingerprint(slide_path)
-            cls = card.classes[0]
             suffix = ".geojson.gz" if opts.compress else ".geojson"
             gpath = tmp / f"{stem}{suffix}"
-            area_um2 = view.mpp**2
             n = 0
             with GeoJSONWriter(gpath, compress=opts.compress) as out:
                 for nid, nuc in enumerate(iter_nuclei(tmp / "blocks", blocks), start=1):
-                    ring = nuc.ring * s + (fx, fy)  # working px -> level-0 px in the output frame
-                    ay, ax = nuc.anchor
-                    feature = nucleus_feature(
-                        stable_uuid(fingerprint, model.sha256, ax, ay),
-                        ring,
-                        class_name=cls["name"],
-                        color=tuple(cls["color"]),
-                        measurements={
-                            "Label": nid,
-                            "Nucleus: Area µm^2": round(nuc.area_px * area_um2, 4),
-                            "Nucleus: Perimeter µm": round(_perimeter(nuc.ring) * view.mpp, 4),
-                            "Nucleus: Mean probability": round(nuc.mean_foreground, 4),
-                            "Nucleus: Centre score": round(nuc.centre_score, 4),
-                        },
-                    )
-                    out.write(feature)
+                    head, tail = nuc.text
+                    out.write_serialized(f"{head}{nid}{tail}")
                     n += 1
             timings["geojson_s"] = time.perf_counter() - t0
             if n != len(sorted_keys):
@@ -303,8 +325,7 @@ def segment(
             rpath = tmp / f"{stem}.run.json"
             rpath.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
             final = {p: output_dir / p.name for p in (zpath, gpath, rpath)}
-            for src, dst in final.items():
-                _publish(src, dst)
+            _publish_all(final, tmp)
     except WsiWeaksegError:
         raise
     except OSError as exc:
@@ -317,8 +338,11 @@ def segment(
     )
 
 
-def _perimeter(ring: np.ndarray) -> float:
-    return float(np.hypot(*np.diff(ring, axis=0).T).sum())
+def _anchor_in_roi(roi, fx: float, fy: float, s: float, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Whether working-pixel anchors (their centres, in the output frame) lie inside the ROI."""
+    import shapely
+
+    return shapely.contains_xy(roi, fx + (cols + 0.5) * s, fy + (rows + 0.5) * s)
 
 
 def _box(b: tuple[float, float, float, float], origin: tuple[int, int]):

@@ -175,6 +175,11 @@ def nucleus_feature(
     }
 
 
+def serialize_feature(feature: Mapping[str, Any]) -> str:
+    """The one-line serialisation :class:`GeoJSONWriter` uses (deterministic; no NaN or infinity)."""
+    return json.dumps(feature, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 class GeoJSONWriter:
     """Stream Features into a QuPath-readable FeatureCollection, atomically.
 
@@ -260,7 +265,12 @@ class GeoJSONWriter:
         """
         if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
             raise ValueError(f"expected a GeoJSON Feature mapping, got {type(feature).__name__}")
-        text = json.dumps(feature, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        self.write_serialized(serialize_feature(feature))
+
+    def write_serialized(self, text: str) -> None:
+        """Append one Feature already serialised by :func:`serialize_feature` (e.g. in a worker process)."""
+        if not text.startswith('{"type":"Feature"') or "\n" in text:
+            raise ValueError("expected one Feature serialised by serialize_feature()")
         self._put((b",\n" if self.count else b"") + text.encode("utf-8"))
         self.count += 1
 

@@ -61,7 +61,7 @@ def measure_context(
     predictor: Predictor,
     images: Sequence[np.ndarray],
     tile: int,
-    tolerance: float = 0.05,
+    tolerance: float = 0.01,
     candidates: Sequence[int] = (0, 32, 64, 96, 128, 160, 192, 256),
 ) -> tuple[int, list[ContextMeasurement]]:
     """Smallest context (multiple of 32) whose tiled maps are within ``tolerance`` of whole-image maps.
