@@ -163,22 +163,25 @@ def assign_pixels(
     mcp = MCP_Geometric(step, fully_connected=True)
     cost, trace = mcp.find_costs([tuple(m) for m in markers])
     offsets = np.asarray(mcp.offsets)
-    # Predecessor pointers, then pointer jumping to the root (a marker) of every reached pixel.
-    flat = np.arange(centre.size, dtype=np.int64).reshape(shape)
-    ptr = flat.copy()
-    reached = trace >= 0
-    off = offsets[trace[reached]]
-    ptr[reached] = (np.nonzero(reached)[0] - off[:, 0]) * shape[1] + (np.nonzero(reached)[1] - off[:, 1])
-    ptr = ptr.ravel()
+    # Predecessor pointers, then pointer jumping to the root (a marker) of every reached pixel,
+    # on the reached pixels only.
+    idx = np.flatnonzero(trace.ravel() >= 0)
+    off = offsets[trace.ravel()[idx]].astype(np.int64)
+    ptr = np.arange(centre.size, dtype=np.int64)
+    ptr[idx] = idx - (off[:, 0] * shape[1] + off[:, 1])
+    cur = ptr[idx]
     while True:
-        nxt = ptr[ptr]
-        if np.array_equal(nxt, ptr):
+        nxt = ptr[cur]
+        if np.array_equal(nxt, cur):
             break
-        ptr = nxt
+        ptr[idx] = nxt
+        cur = nxt
     root_label = np.zeros(centre.size, dtype=np.int32)
     root_label[markers[:, 0] * shape[1] + markers[:, 1]] = np.arange(1, len(markers) + 1, dtype=np.int32)
-    owner = root_label[ptr].reshape(shape)
-    owner[~np.isfinite(cost)] = 0
+    owner = np.zeros(centre.size, dtype=np.int32)
+    owner[idx] = root_label[cur]
+    owner[markers[:, 0] * shape[1] + markers[:, 1]] = root_label[markers[:, 0] * shape[1] + markers[:, 1]]
+    owner = owner.reshape(shape)
     labels = np.where(cost <= params.max_cost, owner, 0).astype(np.int32)
     return labels, owner, cost
 
@@ -193,22 +196,25 @@ def clean_labels(labels: np.ndarray, markers: np.ndarray, params: InstanceParams
     anchor_comp[comp[markers[:, 0], markers[:, 1]]] = True
     anchor_comp[0] = False
     labels[~anchor_comp[comp]] = 0
-    # Background pockets (4-connected) bordered by one instance alone are that instance's holes.
+    # Background pockets (4-connected) bordered by one instance alone are that instance's holes. A pocket
+    # cannot be larger than the nucleus around it, so bigger background components are skipped early.
     bg, nbg = ndi.label(labels == 0)
     if nbg:
-        border = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+        small = np.bincount(bg.ravel(), minlength=nbg + 1) <= (2 * params.reach + 1) ** 2
+        small[0] = False
+        small[np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])] = False  # touching the window edge
         pairs = []
         for a, b in ((bg[1:], labels[:-1]), (bg[:-1], labels[1:]), (bg[:, 1:], labels[:, :-1]), (bg[:, :-1], labels[:, 1:])):
-            m = (a > 0) & (b > 0)
-            pairs.append(np.stack([a[m], b[m]], axis=1))
-        pairs = np.unique(np.concatenate(pairs), axis=0)
-        comps, counts = np.unique(pairs[:, 0], return_counts=True)
+            m = small[a] & (b > 0)
+            pairs.append(a[m].astype(np.int64) * (len(markers) + 1) + b[m])
+        pairs = np.unique(np.concatenate(pairs))
+        comp, inst = pairs // (len(markers) + 1), pairs % (len(markers) + 1)
+        comps, counts = np.unique(comp, return_counts=True)
         single = comps[counts == 1]
-        single = single[~np.isin(single, border)]
         if single.size:
             fill = np.zeros(nbg + 1, dtype=np.int32)
-            sel = np.isin(pairs[:, 0], single)
-            fill[pairs[sel, 0]] = pairs[sel, 1]
+            sel = np.isin(comp, single)
+            fill[comp[sel]] = inst[sel]
             holes = fill[bg]
             labels = np.where(holes > 0, holes, labels)
     area = np.bincount(labels.ravel(), minlength=len(markers) + 1)
