@@ -35,7 +35,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-size", type=int, help="tile core in working pixels, multiple of 32 (default: model card)")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
     p.add_argument("--num-workers", type=int, default=2, help="reader / post-processing threads (default 2)")
-    p.add_argument("--block-size", type=int, default=2048, help="merge block in working pixels (default 2048)")
+    p.add_argument("--block-size", type=int, default=1024, help="merge block in working pixels (default 1024)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--roi", help="QuPath GeoJSON whose polygon annotations restrict the work")
     p.add_argument("--compress", action="store_true", help="write .geojson.gz")

@@ -63,8 +63,7 @@ def test_plateau_gives_one_marker_at_its_first_raster_pixel_wherever_the_window_
     fg = np.full_like(centre, 255)
     for oy, ox in ((0, 0), (3, 7), (9, 9)):
         win_c, win_f = centre[oy:, ox:], fg[oy:, ox:]
-        keys = global_keys((oy, ox), win_c.shape, 30)
-        m = find_markers(win_c, win_f, PARAMS, keys)
+        m = find_markers(win_c, win_f, PARAMS)
         assert (m + [oy, ox]).tolist() == [[10, 10]]
 
 
@@ -72,7 +71,7 @@ def test_markers_on_the_image_border_are_kept():
     centre = np.zeros((20, 20), np.uint8)
     centre[0, 5] = 250
     centre[19, 19] = 250
-    m = find_markers(centre, np.full_like(centre, 255), PARAMS, global_keys((0, 0), centre.shape, 20))
+    m = find_markers(centre, np.full_like(centre, 255), PARAMS)
     assert m.tolist() == [[0, 5], [19, 19]]
 
 
@@ -99,7 +98,7 @@ def test_touching_nuclei_split_along_the_valley():
     centre = np.round(c * 255).astype(np.uint8)
     fg = np.where(c > 0.1, 255, 0).astype(np.uint8)
     keys = global_keys((0, 0), shape, shape[1])
-    markers = find_markers(centre, fg, PARAMS, keys)
+    markers = find_markers(centre, fg, PARAMS)
     assert markers.tolist() == [[20, 20], [20, 33]]
     labels, _, _ = assign_pixels(centre, fg, markers, PARAMS, keys)
     labels = clean_labels(labels, markers, PARAMS)

@@ -101,3 +101,19 @@ def test_packaged_models():
     assert card.trained is False and "UNTRAINED" in card.description
     with pytest.raises(ModelCardError, match="packaged models"):
         load_model("no-such-model")
+
+
+def test_baseline_card_context_is_the_measured_one(shared_data):
+    """The packaged card's context is what measure_context finds: the smallest candidate with tiled == whole."""
+    from PIL import Image
+
+    from wsi_weakseg.engine.inference import Predictor
+    from wsi_weakseg.model.context import measure_context
+
+    model = load_model(DEFAULT_MODEL)
+    path = sorted((shared_data / "monuseg-train" / "images").glob("*.png"))[0]
+    image = np.asarray(Image.open(path).convert("RGB"))[:600:2, :600:2].copy()
+    context, steps = measure_context(Predictor(model.net, model.card, "cpu"), [image], tile=64, tolerance=0.0,
+                                     candidates=(0, 32, 64))
+    assert context == model.card.context_px == 32
+    assert steps[0].max_abs > 0 and steps[1].max_abs == 0.0

@@ -95,7 +95,7 @@ def global_keys(origin: tuple[int, int], shape: tuple[int, int], width: int) -> 
     return rows * width + cols + 1
 
 
-def find_markers(centre: np.ndarray, fg: np.ndarray, params: InstanceParams, keys: np.ndarray) -> np.ndarray:
+def find_markers(centre: np.ndarray, fg: np.ndarray, params: InstanceParams) -> np.ndarray:
     """Marker positions (row, col) in the window, sorted in raster order.
 
     Parameters
@@ -103,39 +103,24 @@ def find_markers(centre: np.ndarray, fg: np.ndarray, params: InstanceParams, key
     centre, fg : ndarray of uint8
         Maps of the window; pixels outside the image must be 0.
     params : InstanceParams
-    keys : ndarray of int64
-        Global raster keys of the window's pixels (for tie-breaking).
 
     Returns
     -------
     ndarray of int, shape (n, 2)
-        Markers; those within ``peak_radius`` of the window edge are unreliable unless that edge is
-        the image edge, and the caller must discard them.
+        Markers in raster order; those within ``peak_radius`` of the window edge are unreliable unless
+        that edge is the image edge, and the caller must discard them. Out-of-image pixels (0) never beat
+        a marker (centre >= 1), so markers on the image border survive.
     """
-    r = params.peak_radius
-    size = 2 * r + 1
-    level = centre >> _PEAK_SHIFT  # coarser levels: a 1/255 wobble between runs rarely moves a maximum
-    peak = ndi.maximum_filter(level, size=size, mode="constant", cval=0)
-    cand = (level == peak) & (centre >= params.centre) & (fg >= params.foreground)
-    ys, xs = np.nonzero(cand)
-    if ys.size == 0:
-        return np.empty((0, 2), dtype=np.int64)
-    keep = np.ones(ys.size, dtype=bool)
+    size = 2 * params.peak_radius + 1
     h, w = centre.shape
-    vals = level[ys, xs]
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            if (dy, dx) >= (0, 0):
-                continue  # only earlier raster positions win ties
-            qy, qx = ys + dy, xs + dx
-            inside = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w)
-            tie = np.zeros_like(keep)
-            tie[inside] = level[qy[inside], qx[inside]] == vals[inside]
-            keep &= ~tie
-    # Ties across the window edge involve out-of-image (0) pixels only, never markers (centre >= 1).
-    out = np.stack([ys[keep], xs[keep]], axis=1).astype(np.int64)
-    order = np.argsort(keys[out[:, 0], out[:, 1]], kind="stable")
-    return out[order]
+    # Total order (level, earlier raster position): one max filter finds each window's unique winner.
+    # Window-relative raster order equals global raster order, so ties never depend on the window.
+    level = (centre >> _PEAK_SHIFT).astype(np.int64)  # coarser levels: a 1/255 wobble rarely moves a maximum
+    rank = (level << 32) | (h * w - 1 - np.arange(h * w, dtype=np.int64).reshape(h, w))
+    best = ndi.maximum_filter(rank, size=size, mode="constant", cval=0)
+    cand = (rank == best) & (centre >= params.centre) & (fg >= params.foreground)
+    out = np.argwhere(cand).astype(np.int64)  # raster order
+    return out
 
 
 def assign_pixels(
@@ -224,9 +209,14 @@ def clean_labels(labels: np.ndarray, markers: np.ndarray, params: InstanceParams
     return labels
 
 
+def _ring_margin(params: InstanceParams) -> float:
+    """Cost of two diagonal steps at the highest step cost: the oversize check looks this far past the budget."""
+    return 2.0 * math.sqrt(2.0) * (1.0 + params.path_weight) * (1.0 + 2 * _TIE_JITTER)
+
+
 def oversized(owner: np.ndarray, cost: np.ndarray, n_markers: int, params: InstanceParams) -> np.ndarray:
     """Boolean per marker (index 0 unused): its region was cut at the cost budget."""
-    margin = 2.0 * math.sqrt(2.0) * (1.0 + params.path_weight) * (1.0 + 2 * _TIE_JITTER)
+    margin = _ring_margin(params)
     ring = (cost > params.max_cost) & (cost <= params.max_cost + margin) & (owner > 0)
     flag = np.zeros(n_markers + 1, dtype=bool)
     flag[np.unique(owner[ring])] = True

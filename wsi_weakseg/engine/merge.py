@@ -107,7 +107,7 @@ def process_block(
     win = read_window(maps, wy, wx, (y1 - y0) + 2 * halo, (x1 - x0) + 2 * halo)
     fg, centre = win[0], win[1]
     keys = global_keys((wy, wx), fg.shape, W)
-    markers = find_markers(centre, fg, params, keys)
+    markers = find_markers(centre, fg, params)
     r = params.peak_radius
     h, w = fg.shape
     ok = (markers[:, 0] >= r) & (markers[:, 0] < h - r) & (markers[:, 1] >= r) & (markers[:, 1] < w - r)

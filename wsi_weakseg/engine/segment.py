@@ -46,7 +46,7 @@ class SegmentOptions:
     batch_size: int = 8
     num_workers: int = 2
     device: str = "auto"
-    block_size: int = 2048
+    block_size: int = 1024
     mpp: float | None = None
     roi: str | None = None
     compress: bool = False
