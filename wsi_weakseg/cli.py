@@ -45,7 +45,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsi-weakseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"wsi-weakseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging: -v info, -vv debug")
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment nuclei of a slide: QuPath GeoJSON + OME-Zarr maps")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wsi-weakseg`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     handler = {"segment": _cmd_segment, "demo": _cmd_demo, "info": _cmd_info, "models": _cmd_models}[args.command]
     # Errors are printed, not logged: the message must reach stderr even when logging is configured elsewhere.

@@ -217,7 +217,7 @@ def segment(
     card = model.card
     tile = opts.validate(card.tile_size)
     if not card.trained:
-        log.warning("model %r is UNTRAINED (%s)", card.name, card.description or "no description")
+        log.warning("model %r is not a trained model: %s", card.name, card.description or "no description")
     slide_path = Path(slide_path)
     slide = open_slide(slide_path, mpp=opts.mpp)
     output_dir = Path(output_dir)
@@ -307,9 +307,9 @@ def segment(
                 raise ProcessingError(f"internal error: {n} polygons for {len(sorted_keys)} labels")
             if n_oversized:
                 log.warning(
-                    "%d nuclei reach the model's size limit (max_nucleus_um = %g µm) and were cut there; "
+                    "%d nucle%s reach the model's size limit (max_nucleus_um = %g µm) and were cut there; "
                     "inspect them (large or merged nuclei) or use a model card with a larger max_nucleus_um",
-                    n_oversized, card.max_nucleus_um,
+                    n_oversized, "us" if n_oversized == 1 else "i", card.max_nucleus_um,
                 )
 
             store.finalize()
