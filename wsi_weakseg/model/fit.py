@@ -32,9 +32,8 @@ def fit_dense(
     rng = np.random.default_rng(seed)
     mean = torch.tensor(normalization["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(normalization["std"]).view(1, 3, 1, 1)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    for _ in range(steps):
+
+    def sample() -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for _ in range(batch):
             i = int(rng.integers(len(images)))
@@ -43,9 +42,31 @@ def fit_dense(
             xs.append(images[i][y0 : y0 + crop, x0 : x0 + crop])
             ys.append(targets[i][:, y0 : y0 + crop, x0 : x0 + crop])
         x = (torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        y = torch.from_numpy(np.stack(ys).astype(np.float32))
+        return x, torch.from_numpy(np.stack(ys).astype(np.float32))
+
+    head = getattr(net, "head", None)
+    if isinstance(head, nn.Conv2d) and head.bias is not None:
+        # Start each map at its prior (mean target) so the first steps learn shape, not the class balance.
+        prior = np.clip([float(np.mean([t[k].mean() for t in targets])) for k in range(targets[0].shape[0])], 1e-3, 1 - 1e-3)
+        with torch.no_grad():
+            head.bias[: len(prior)] = torch.from_numpy(np.log(prior / (1 - prior))).float()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(steps):
+        x, y = sample()
         loss = nn.functional.binary_cross_entropy_with_logits(net(x)[:, : y.shape[1]], y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    # Running BatchNorm statistics lag far behind after a short fit; re-estimate them with the final
+    # weights (cumulative average over fresh batches) so that eval mode matches what was fitted.
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    with torch.no_grad():
+        for _ in range(max(8, steps // 4)):
+            net(sample()[0])
+    for m in bns:
+        m.momentum = 0.1
     return net.eval()
