@@ -1,0 +1,113 @@
+"""Training configuration: packaged defaults per recipe, layered with a user's YAML.
+
+Unknown keys are rejected with their dotted path named, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+PACKAGED = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = ("points",)
+
+
+def packaged_defaults(recipe: str = "points") -> dict[str, Any]:
+    """The packaged default configuration of ``recipe``."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; available: {list(RECIPES)}")
+    return yaml.safe_load((PACKAGED / f"train-{recipe}.yaml").read_text())
+
+
+def merge(defaults: Mapping[str, Any], user: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Overlay ``user`` on ``defaults`` recursively; a key absent from the defaults is an error.
+
+    Examples
+    --------
+    >>> merge({"a": 1, "b": {"c": 2}}, {"b": {"c": 3}})
+    {'a': 1, 'b': {'c': 3}}
+    >>> merge({"a": 1}, {"z": 0})
+    Traceback (most recent call last):
+    ...
+    wsi_weakseg.errors.ConfigError: unknown config key 'z'; allowed here: ['a']
+    """
+    out = copy.deepcopy(dict(defaults))
+    for key, value in user.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in defaults:
+            raise ConfigError(f"unknown config key {path!r}; allowed here: {sorted(defaults)}")
+        if isinstance(defaults[key], Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {path!r} must be a mapping, got {type(value).__name__}")
+            out[key] = merge(defaults[key], value, path)
+        else:
+            out[key] = value
+    return out
+
+
+def _check(cfg: dict[str, Any]) -> None:
+    def positive(path: str, integer: bool = False) -> None:
+        node: Any = cfg
+        for part in path.split("."):
+            node = node[part]
+        ok = isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node) and node > 0
+        if integer:
+            ok = ok and isinstance(node, int)
+        if not ok:
+            kind = "a positive integer" if integer else "a positive number"
+            raise ConfigError(f"config key {path!r} must be {kind}, got {node!r}")
+
+    for p in ("data.mpp", "optim.lr", "optim.lr_gamma", "points.point_radius_um", "points.cluster_distance_um",
+              "points.centre_sigma_um"):
+        positive(p)
+    for p in ("data.patch", "data.crop", "optim.epochs", "optim.batch_size", "optim.lr_step_epochs",
+              "points.gamma_epochs", "model.width"):
+        positive(p, integer=True)
+    if cfg["data"]["crop"] > cfg["data"]["patch"]:
+        raise ConfigError("data.crop must not exceed data.patch")
+    if cfg["model"]["input"] not in ("rgb", "hematoxylin"):
+        raise ConfigError(f"model.input must be 'rgb' or 'hematoxylin', got {cfg['model']['input']!r}")
+    if cfg["points"]["inference_net"] not in ("a", "b"):
+        raise ConfigError("points.inference_net must be 'a' or 'b'")
+    if not 0.0 < cfg["points"]["ema_weight"] <= 1.0:
+        raise ConfigError("points.ema_weight must be in (0, 1]")
+    lo, hi = cfg["augment"]["scale"]
+    if not 0 < lo <= hi:
+        raise ConfigError("augment.scale must be [low, high] with 0 < low <= high")
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Packaged defaults, then the user's YAML file, then ``overrides`` (e.g. from flags); validated.
+
+    Relative ``data.spec`` paths resolve against the config file's folder.
+    """
+    user: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        user = dict(loaded or {})
+        base = path.resolve().parent
+    recipe = user.get("recipe", "points")
+    cfg = merge(packaged_defaults(recipe), user)
+    if overrides:
+        cfg = merge(cfg, overrides)
+    _check(cfg)
+    spec = cfg["data"]["spec"]
+    if spec is not None:
+        cfg["data"]["spec"] = str((base / spec).resolve()) if not Path(spec).is_absolute() else spec
+    return cfg
