@@ -1,0 +1,45 @@
+"""Points-recipe losses against hand-worked values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wsi_weakseg.train.losses import binary_kl, ema_update, masked_bce, pseudo_target, ramp_weights
+
+
+def test_ramp_weights_follow_the_paper():
+    assert ramp_weights(60, 60, 1.0, 0.1) == (1.0, 0.0)
+    a, b = ramp_weights(15, 60, 2.0, 0.4)
+    assert a == pytest.approx(2.0 * 0.25**2) and b == pytest.approx(0.4 * 0.75**2)
+
+
+def test_masked_bce_ignores_label_2():
+    logits = torch.tensor([0.0, 2.0, -50.0])
+    labels = torch.tensor([1, 0, 2])
+    # mean of -log(sigmoid(0)) and -log(1 - sigmoid(2)); the ignored pixel does not count
+    expected = (math.log(2) + math.log(1 + math.exp(2))) / 2
+    assert float(masked_bce(logits, labels)) == pytest.approx(expected, rel=1e-6)
+    assert float(masked_bce(logits, torch.full((3,), 2))) == 0.0
+
+
+def test_pseudo_target_fills_only_ignored_pixels():
+    cluster = torch.tensor([0, 1, 2, 2])
+    ema = torch.tensor([0.9, 0.1, 0.3, 0.7])
+    assert pseudo_target(cluster, ema).tolist() == pytest.approx([0.0, 1.0, 0.3, 0.7])
+
+
+def test_binary_kl_hand_worked():
+    # p = 0.8, y = sigmoid(0) = 0.5: KL = 0.8 ln(1.6) + 0.2 ln(0.4)
+    expected = 0.8 * math.log(1.6) + 0.2 * math.log(0.4)
+    assert float(binary_kl(torch.tensor([0.0]), torch.tensor([0.8]))) == pytest.approx(expected, rel=1e-5)
+    assert float(binary_kl(torch.tensor([3.0]), torch.sigmoid(torch.tensor([3.0])))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ema_update():
+    p = ema_update(None, torch.tensor([1.0]), 0.5)
+    p = ema_update(p, torch.tensor([0.0]), 0.5)
+    p = ema_update(p, torch.tensor([0.0]), 0.5)
+    assert float(p) == 0.25

@@ -1,0 +1,68 @@
+"""Losses and schedules of the points recipe (Sec. II of points-cotraining-colorization-scnet).
+
+Labels use the encoding of :mod:`wsi_weakseg.weak`: 0 background, 1 nucleus, 2 ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+IGNORE = 2
+
+
+def ramp_weights(epoch: int, n_epochs: int, eta: float, epsilon: float) -> tuple[float, float]:
+    """Cumulative-learning weights: co-training ``eta (N/Nmax)^2`` rises, colorization ``eps (1 - N/Nmax)^2`` falls.
+
+    Examples
+    --------
+    >>> ramp_weights(0, 60, 1.0, 0.1)
+    (0.0, 0.1)
+    >>> ramp_weights(30, 60, 1.0, 0.1)
+    (0.25, 0.025)
+    """
+    r = min(max(epoch / n_epochs, 0.0), 1.0)
+    return eta * r * r, epsilon * (1.0 - r) ** 2
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over non-ignored pixels (Eq. 3-4); 0 when every pixel is ignored.
+
+    ``labels`` holds 0/1/2 (2 = ignored), same shape as ``logits``.
+    """
+    mask = labels != IGNORE
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[mask], labels[mask].float())
+
+
+def pseudo_target(cluster: torch.Tensor, ema: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: the cluster label where it is decided (0 or 1), the other net's EMA probability where ignored."""
+    return torch.where(cluster == IGNORE, ema, cluster.float())
+
+
+def binary_kl(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Eq. 7 for a two-class map: mean over pixels of KL(p || y), p the target and y = sigmoid(logits).
+
+    Examples
+    --------
+    >>> x = torch.tensor([0.0]); float(binary_kl(x, torch.tensor([0.5])))
+    0.0
+    """
+    p = target.clamp(eps, 1 - eps)
+    log_y = F.logsigmoid(logits)
+    log_1my = F.logsigmoid(-logits)
+    kl = p * (torch.log(p) - log_y) + (1 - p) * (torch.log(1 - p) - log_1my)
+    return kl.mean()
+
+
+def ema_update(previous: torch.Tensor | None, prediction: torch.Tensor, weight: float) -> torch.Tensor:
+    """Eq. 5: ``p_n = w * y + (1 - w) * p_{n-1}`` (the first prediction starts the average)."""
+    if previous is None:
+        return prediction.clone()
+    return weight * prediction + (1.0 - weight) * previous
+
+
+def colorization_loss(rgb_pred: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: mean squared error between the reconstructed and the true H&E image (both in [0, 1])."""
+    return F.mse_loss(rgb_pred, rgb)
