@@ -1,0 +1,239 @@
+"""The training data spec: a YAML file listing images or slides and their QuPath point exports.
+
+Example::
+
+    # paths are relative to this file
+    defaults:               # optional; applies to every item unless the item overrides it
+      mpp: 0.25             # µm/px for images that carry none (and overrides the metadata)
+      point_classes: null   # null = all point classes
+      region_classes: null  # null = the default region rule of read_points
+    items:
+      - image: images/TCGA-A7-A13E-01Z-00-DX1.png
+        points: points/TCGA-A7-A13E-01Z-00-DX1.geojson
+      - slide: slides/case1.svs
+        points: case1-points.geojson
+        split: validation   # train (default) | validation | test
+
+Unknown keys are errors (a misspelt key must never be ignored silently).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wsi_weakseg.errors import ConfigError, MissingMppError
+from wsi_weakseg.weak.points import PointSet, read_points
+
+__all__ = ["SPLITS", "DataSpec", "SpecItem", "load_item_points", "load_spec"]
+
+#: Allowed values of ``split``.
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+_TOP_KEYS = ("defaults", "items")
+_DEFAULT_KEYS = ("mpp", "point_classes", "region_classes")
+_ITEM_KEYS = ("image", "slide", "points", "mpp", "point_classes", "region_classes", "split")
+
+
+@dataclass(frozen=True)
+class SpecItem:
+    """One image or slide of a data spec, with its point annotations.
+
+    Attributes
+    ----------
+    image : pathlib.Path
+        Absolute path of the image or slide.
+    points : pathlib.Path
+        Absolute path of its QuPath GeoJSON point export.
+    kind : str
+        ``"image"`` (a plain image, fully annotated unless it has region polygons) or ``"slide"``
+        (a whole slide: its points file must hold an annotated region).
+    mpp : float or None
+        Pixel size in µm/px to use (overrides the file's metadata); ``None`` = from the file.
+    point_classes : tuple of str or None
+        Point classes to keep; ``None`` = all.
+    region_classes : tuple of str or None
+        Polygon classes that are annotated regions; ``None`` = the default rule.
+    split : str
+        ``"train"``, ``"validation"`` or ``"test"``.
+    """
+
+    image: Path
+    points: Path
+    kind: str
+    mpp: float | None = None
+    point_classes: tuple[str, ...] | None = None
+    region_classes: tuple[str, ...] | None = None
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A loaded data spec: its file and its items in file order."""
+
+    path: Path
+    items: tuple[SpecItem, ...]
+
+    def split(self, name: str) -> tuple[SpecItem, ...]:
+        """Items of split ``name`` (``"train"``, ``"validation"`` or ``"test"``), in file order."""
+        if name not in SPLITS:
+            raise ConfigError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+        return tuple(item for item in self.items if item.split == name)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _check_keys(mapping: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys are {', '.join(allowed)}")
+
+
+def _mpp(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{where}: mpp must be a positive number of µm per pixel (e.g. 0.25), got {value!r}")
+    return float(value)
+
+
+def _classes(value: Any, key: str, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {key} must be null (all) or a non-empty list of class names, got {value!r}")
+    return tuple(value)
+
+
+def _path(value: Any, key: str, base: Path, where: str) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: {key} must be a file path, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"{where}: {key} file not found: {path} (relative paths are resolved against {base})")
+    return path
+
+
+def load_spec(path: str | os.PathLike[str]) -> DataSpec:
+    """Load and validate a data spec.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The YAML file. Relative paths inside it are resolved against its folder.
+
+    Returns
+    -------
+    DataSpec
+        Items with absolute paths and their defaults applied.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or not YAML; a key is unknown (at the top level, in ``defaults`` or
+        in an item; the message names it and lists the allowed keys); ``items`` is missing or
+        empty; an item has none or both of ``image`` and ``slide``, no ``points``, a file that does
+        not exist, an ``mpp`` that is not a positive finite number, or a ``split`` other than
+        train, validation or test.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"data spec not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a valid YAML file: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the spec must be a mapping with an 'items' list, got {type(data).__name__}")
+    _check_keys(data, _TOP_KEYS, str(path))
+
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: defaults must be a mapping, got {type(defaults).__name__}")
+    _check_keys(defaults, _DEFAULT_KEYS, f"{path}: defaults")
+    d_mpp = _mpp(defaults.get("mpp"), f"{path}: defaults")
+    d_points = _classes(defaults.get("point_classes"), "point_classes", f"{path}: defaults")
+    d_regions = _classes(defaults.get("region_classes"), "region_classes", f"{path}: defaults")
+
+    raw_items = data.get("items")
+    if not isinstance(raw_items, list) or not raw_items:
+        raise ConfigError(f"{path}: 'items' must be a non-empty list of {{image or slide, points}} entries")
+    base = path.parent
+    items = []
+    for index, raw in enumerate(raw_items):
+        where = f"{path}: item {index}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: must be a mapping with image (or slide) and points, got {raw!r}")
+        _check_keys(raw, _ITEM_KEYS, where)
+        if ("image" in raw) == ("slide" in raw):
+            raise ConfigError(f"{where}: give exactly one of 'image' (a plain image) or 'slide' (a whole slide)")
+        kind = "image" if "image" in raw else "slide"
+        if "points" not in raw:
+            raise ConfigError(f"{where}: 'points' (the QuPath GeoJSON point export) is missing")
+        split = raw.get("split", "train")
+        if split not in SPLITS:
+            raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        items.append(
+            SpecItem(
+                image=_path(raw[kind], kind, base, where),
+                points=_path(raw["points"], "points", base, where),
+                kind=kind,
+                mpp=_mpp(raw["mpp"], where) if "mpp" in raw else d_mpp,
+                point_classes=(
+                    _classes(raw["point_classes"], "point_classes", where) if "point_classes" in raw else d_points
+                ),
+                region_classes=(
+                    _classes(raw["region_classes"], "region_classes", where) if "region_classes" in raw else d_regions
+                ),
+                split=split,
+            )
+        )
+    return DataSpec(path=path, items=tuple(items))
+
+
+def load_item_points(item: SpecItem, *, merge_radius: float = 1.0) -> PointSet:
+    """Read the points of one spec item, checked against its image size.
+
+    The image or slide is opened only for its size: the image size passed to
+    :func:`~wsi_weakseg.weak.points.read_points` is the size of ``slide.bounds`` (QuPath
+    coordinates start at the bounds origin; for plain images this is the whole image). Slides
+    must have an annotated region (``require_regions``); plain images without one count as fully
+    annotated.
+
+    Raises
+    ------
+    MissingMppError
+        If the file has no pixel size and the item (or the defaults) give no ``mpp``.
+    GeoJSONError
+        See :func:`~wsi_weakseg.weak.points.read_points`.
+    """
+    from wsi_weakseg.slide import open_slide
+
+    try:
+        slide = open_slide(item.image, mpp=item.mpp)
+    except MissingMppError as exc:
+        raise MissingMppError(
+            f"{item.image} has no usable pixel size metadata; set 'mpp' for this item or under 'defaults' in the spec"
+        ) from exc
+    with slide:
+        _, _, width, height = slide.bounds
+    return read_points(
+        item.points,
+        point_classes=item.point_classes,
+        region_classes=item.region_classes,
+        image_size=(width, height),
+        merge_radius=merge_radius,
+        require_regions=item.kind == "slide",
+    )
