@@ -1,0 +1,151 @@
+"""The training loop: epochs, sampling, checkpoints and exact resume, independent of the recipe.
+
+Every epoch draws, for each half of the co-training split, a fixed number of augmented patches from a
+permutation of its items; the only randomness comes from one numpy generator and torch's generator, both
+saved in the checkpoint written at the end of every epoch, together with the recipe's state (nets, optimiser,
+scheduler, EMA pseudo labels). Resuming therefore continues with exactly the batch the uninterrupted run
+would have drawn next.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import AugmentParams, sample_patch
+from .points_recipe import PointsRecipe, TrainItem
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def patches_per_epoch(items: Sequence[TrainItem], patch: int) -> int:
+    """The paper's tiling: patches of ``patch`` px with 50 % overlap, summed over items (at least 1 each)."""
+    n = 0
+    for it in items:
+        h, w = it.image.shape[:2]
+        n += max(1, (h - patch) // (patch // 2) + 1) * max(1, (w - patch) // (patch // 2) + 1)
+    return n
+
+
+def _batch(rng: np.random.Generator, recipe: PointsRecipe, indices: Sequence[int], crop: int, aug: AugmentParams) -> dict:
+    images, targets = [], {"voronoi": [], "cluster": [], "centre": []}
+    pseudo = []
+    for i in indices:
+        item = recipe.items[i]
+        maps = item.targets()
+        if i in recipe.pseudo:
+            maps["pseudo"] = recipe.pseudo[i].numpy()
+        img, t = sample_patch(rng, item.image, maps, crop, aug)
+        images.append(img)
+        for k in targets:
+            targets[k].append(t[k])
+        if "pseudo" in t:
+            pseudo.append(t["pseudo"])
+    out = {"image": np.stack(images), **{k: np.stack(v) for k, v in targets.items()}}
+    if len(pseudo) == len(indices):
+        out["pseudo"] = np.stack(pseudo).astype(np.float32)
+    return out
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def run(
+    cfg: Mapping,
+    recipe: PointsRecipe,
+    work_dir: Path,
+    *,
+    resume: bool = False,
+    validate: Callable[[PointsRecipe, int], dict] | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    max_steps: int | None = None,
+) -> list[dict]:
+    """Train ``recipe`` for ``cfg.optim.epochs`` epochs, checkpointing into ``work_dir`` after each.
+
+    Parameters
+    ----------
+    cfg : mapping
+        Resolved config.
+    recipe : PointsRecipe
+    work_dir : Path
+        Holds ``checkpoint.pt``.
+    resume : bool
+        Continue from ``work_dir/checkpoint.pt`` (error if absent).
+    validate : callable, optional
+        ``validate(recipe, epoch) -> metrics`` after each epoch.
+    on_step : callable, optional
+        ``on_step(global_step, losses)`` after each optimiser step (progress, logging).
+    max_steps : int, optional
+        Steps per epoch cap (tests, smoke runs).
+
+    Returns
+    -------
+    list of dict
+        Per-epoch history: epoch, mean loss, validation metrics.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = work_dir / CHECKPOINT
+    seed = int(cfg["seed"])
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    start_epoch, step, history = 0, 0, []
+    if resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {work_dir}; start without --resume")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        recipe.load_state_dict(state["recipe"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
+        log.info("resumed after epoch %d (step %d)", state["epoch"], step)
+
+    aug = AugmentParams.from_config(cfg["augment"])
+    crop, bs = int(cfg["data"]["crop"]), int(cfg["optim"]["batch_size"])
+    n_epochs = int(cfg["optim"]["epochs"])
+    gamma = int(cfg["points"]["gamma_epochs"])
+    per_half = {k: patches_per_epoch([recipe.items[i] for i in idx], int(cfg["data"]["patch"]))
+                for k, idx in recipe.halves.items()}
+    steps = max(1, -(-max(per_half.values()) // bs))
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+
+    for epoch in range(start_epoch, n_epochs):
+        if epoch > 0 and epoch % gamma == 0:
+            recipe.refresh_pseudo_labels()
+        recipe.train(True)
+        order = {k: np.resize(rng.permutation(idx), steps * bs) for k, idx in recipe.halves.items()}
+        losses = []
+        for s in range(steps):
+            batches = {k: _batch(rng, recipe, order[k][s * bs : (s + 1) * bs], crop, aug) for k in order}
+            logs = recipe.step(batches, epoch)
+            step += 1
+            losses.append(logs["loss"])
+            if on_step is not None:
+                on_step(step, logs)
+        recipe.end_epoch()
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": step}
+        if validate is not None:
+            recipe.train(False)
+            record["validation"] = validate(recipe, epoch)
+        history.append(record)
+        _save(ckpt, {
+            "epoch": epoch, "step": step, "history": history, "recipe": recipe.state_dict(),
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(), "config": dict(cfg),
+        })
+        log.info("epoch %d/%d: loss %.4f", epoch + 1, n_epochs, record["loss"])
+    recipe.train(False)
+    return history

@@ -1,0 +1,201 @@
+"""The points recipe: two co-trained ResNet34-UNets with EMA pseudo labels and nuclei-aware colorization.
+
+Sec. II of points-cotraining-colorization-scnet, with a centre head added for instance separation:
+
+- nets ``a`` and ``b`` train on disjoint halves of the items (``X_a``, ``X_b``);
+- each net's losses: Voronoi (Eq. 3) + cluster (Eq. 4) masked BCE on the foreground head, centre-heatmap BCE
+  on the centre head, ``alpha`` x co-training KL (Eq. 7) towards pseudo labels (Eq. 6) made from the *other*
+  net's EMA-averaged predictions (Eq. 5, refreshed every ``gamma`` epochs), ``beta`` x colorization MSE
+  (Eq. 8) of a small colorization net mapping the foreground probability back to RGB;
+- ``alpha = eta (N/Nmax)^2`` rises, ``beta = epsilon (1 - N/Nmax)^2`` falls (Eq. 9).
+
+A recipe owns its networks, optimiser and pseudo labels and knows nothing about epochs' bookkeeping, which
+is the loop's (:mod:`wsi_weakseg.train.loop`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
+from .losses import binary_kl, colorization_loss, ema_update, masked_bce, pseudo_target, ramp_weights
+
+
+@dataclass
+class TrainItem:
+    """One training image at the working pixel size with its weak-label targets.
+
+    Attributes
+    ----------
+    name : str
+    image : ndarray (H, W, 3) uint8
+    voronoi, cluster : ndarray (H, W) uint8
+        0 background, 1 nucleus, 2 ignored.
+    centre : ndarray (H, W) float32
+        Gaussian centre heatmap of the clicks.
+    """
+
+    name: str
+    image: np.ndarray
+    voronoi: np.ndarray
+    cluster: np.ndarray
+    centre: np.ndarray
+
+    def targets(self) -> dict[str, np.ndarray]:
+        return {"voronoi": self.voronoi, "cluster": self.cluster, "centre": self.centre}
+
+
+class Colorizer(nn.Module):
+    """Small dilated conv net: foreground probability (1 channel) -> RGB in [0, 1] (our choice of architecture)."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for d in (1, 2, 4, 8, 1):
+            layers += [nn.Conv2d(cin, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
+            cin = width
+        layers.append(nn.Conv2d(width, 3, 1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, prob: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.body(prob))
+
+
+def build_nets(cfg: Mapping) -> dict[str, nn.Module]:
+    """Segmentation nets ``a``/``b`` (2 heads: foreground, centre) and colorizers ``ca``/``cb``."""
+    width = int(cfg["model"]["width"])
+    nets: dict[str, nn.Module] = {}
+    for k in ("a", "b"):
+        nets[k] = ResNet34UNet(out_channels=2, width=width)
+        if cfg["model"]["imagenet_weights"]:
+            load_torchvision_encoder(nets[k], cfg["model"]["imagenet_weights"])
+        if cfg["points"]["colorization"]:
+            nets["c" + k] = Colorizer()
+    return nets
+
+
+def to_tensor(images: np.ndarray, normalization: Mapping[str, Sequence[float]], device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(normalization["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(normalization["std"], device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class PointsRecipe:
+    """Losses, pseudo labels and optimiser of the points recipe.
+
+    Parameters
+    ----------
+    cfg : mapping
+        Resolved training config (:func:`wsi_weakseg.train.config.load_config`).
+    items : sequence of TrainItem
+        Training items; split into two disjoint halves ``a`` (even indices) and ``b`` (odd).
+    normalization : mapping
+        ``mean``/``std`` of the model card.
+    device : torch.device
+    """
+
+    def __init__(self, cfg: Mapping, items: Sequence[TrainItem], normalization: Mapping, device: torch.device) -> None:
+        if len(items) < 2:
+            raise ValueError("the points recipe co-trains two nets on disjoint halves: it needs at least 2 items")
+        self.cfg = cfg
+        self.items = list(items)
+        self.halves = {"a": list(range(0, len(items), 2)), "b": list(range(1, len(items), 2))}
+        self.normalization = normalization
+        self.device = device
+        self.nets = {k: v.to(device) for k, v in build_nets(cfg).items()}
+        params = [p for net in self.nets.values() for p in net.parameters()]
+        o = cfg["optim"]
+        self.optimizer = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, o["lr_step_epochs"], o["lr_gamma"])
+        # EMA pseudo labels: for items of half "a", the average of net b's predictions, and vice versa.
+        self.pseudo: dict[int, torch.Tensor] = {}
+
+    # -- pseudo labels -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def refresh_pseudo_labels(self) -> None:
+        """Eq. 5: predict each item with the *other* net and fold it into the EMA (every gamma epochs)."""
+        weight = float(self.cfg["points"]["ema_weight"])
+        for half, other in (("a", "b"), ("b", "a")):
+            net = self.nets[other]
+            was_training = net.training
+            net.eval()
+            for i in self.halves[half]:
+                img = self.items[i].image
+                h, w = img.shape[:2]
+                ph, pw = -h % 32, -w % 32
+                padded = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+                prob = torch.sigmoid(net(to_tensor(padded[None], self.normalization, self.device))[0, 0, :h, :w])
+                self.pseudo[i] = ema_update(self.pseudo.get(i), prob.cpu(), weight)
+            net.train(was_training)
+
+    # -- one optimisation step -------------------------------------------------------------------------
+    def step(self, batches: Mapping[str, Mapping[str, np.ndarray]], epoch: int) -> dict[str, float]:
+        """One optimiser step on a batch per half; returns the loss terms (floats)."""
+        p = self.cfg["points"]
+        alpha, beta = ramp_weights(epoch, self.cfg["optim"]["epochs"], p["eta"], p["epsilon"])
+        total = torch.zeros((), device=self.device)
+        logs: dict[str, float] = {}
+        for k in ("a", "b"):
+            b = batches[k]
+            x = to_tensor(b["image"], self.normalization, self.device)
+            out = self.nets[k](x)
+            fg, centre = out[:, 0], out[:, 1]
+            vor = torch.from_numpy(b["voronoi"]).to(self.device)
+            clu = torch.from_numpy(b["cluster"]).to(self.device)
+            terms = {
+                "voronoi": masked_bce(fg, vor),
+                "cluster": masked_bce(fg, clu),
+                "centre": p["centre_weight"] * F.binary_cross_entropy_with_logits(
+                    centre, torch.from_numpy(b["centre"]).to(self.device).float()
+                ),
+            }
+            if alpha > 0 and "pseudo" in b:
+                target = pseudo_target(clu, torch.from_numpy(b["pseudo"]).to(self.device).float())
+                terms["cotrain"] = alpha * binary_kl(fg, target)
+            if beta > 0 and ("c" + k) in self.nets:
+                rgb = torch.from_numpy(np.ascontiguousarray(b["image"])).to(self.device).permute(0, 3, 1, 2).float() / 255
+                terms["color"] = beta * colorization_loss(self.nets["c" + k](torch.sigmoid(fg)[:, None]), rgb)
+            for name, value in terms.items():
+                total = total + value
+                logs[f"{k}/{name}"] = float(value.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        logs["loss"] = float(total.detach())
+        return logs
+
+    def end_epoch(self) -> None:
+        self.scheduler.step()
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "nets": {k: v.state_dict() for k, v in self.nets.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "pseudo": {int(i): t.clone() for i, t in self.pseudo.items()},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        for k, v in state["nets"].items():
+            self.nets[k].load_state_dict(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.pseudo = {int(i): t.clone() for i, t in state["pseudo"].items()}
+
+    def train(self, mode: bool = True) -> None:
+        for net in self.nets.values():
+            net.train(mode)
+
+    def inference_net(self) -> nn.Module:
+        """The segmentation net the model card ships (``points.inference_net``)."""
+        return self.nets[self.cfg["points"]["inference_net"]]
