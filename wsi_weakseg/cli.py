@@ -1,4 +1,4 @@
-"""Command-line interface: ``wsi-weakseg segment|info|demo|models``.
+"""Command-line interface: ``wsi-weakseg segment|info|demo|models|train|evaluate|labels``.
 
 Thin: parse flags, call the library, map errors to exit codes (0 ok, 1 processing failure,
 2 bad input or usage) with a one-line message and no traceback for user errors.
@@ -7,6 +7,7 @@ Thin: parse flags, call the library, map errors to exit codes (0 ok, 1 processin
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -17,6 +18,10 @@ from . import __version__
 from .errors import WsiWeaksegError
 
 log = logging.getLogger("wsi_weakseg")
+
+#: Commands living in their own modules: each defines ``add_parser(subparsers)`` (importing only the standard
+#: library at module level, so ``--help`` stays fast) and ``run(args) -> int``.
+COMMAND_MODULES = {"train": "cli_train", "evaluate": "cli_evaluate", "labels": "cli_labels"}
 
 
 def _positive_float(text: str) -> float:
@@ -63,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(demo)
 
     sub.add_parser("models", help="list packaged models")
+    for module in COMMAND_MODULES.values():
+        try:
+            mod = importlib.import_module(f".{module}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module}":
+                raise
+            continue  # command not built yet
+        mod.add_parser(sub)
     return parser
 
 
@@ -136,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    handler = {"segment": _cmd_segment, "demo": _cmd_demo, "info": _cmd_info, "models": _cmd_models}[args.command]
+    handlers = {"segment": _cmd_segment, "demo": _cmd_demo, "info": _cmd_info, "models": _cmd_models}
+    if args.command in COMMAND_MODULES:
+        handler = importlib.import_module(f".{COMMAND_MODULES[args.command]}", __package__).run
+    else:
+        handler = handlers[args.command]
     # Errors are printed, not logged: the message must reach stderr even when logging is configured elsewhere.
     try:
         return handler(args)

@@ -94,6 +94,23 @@ def test_ids_consecutive_and_polygons_match_labels(runs):
     assert union.area == pytest.approx(sum(p.area for p in polys))
 
 
+def test_label_image_equals_the_blockwise_merge(mosaic: Path, runs):
+    """In-memory whole-image instances (validation, evaluate) == the engine's blockwise label map."""
+    from wsi_weakseg.engine.inference import Predictor, predict_image
+    from wsi_weakseg.engine.instances import label_image
+    from wsi_weakseg.engine.segment import instance_params
+    from wsi_weakseg.model.card import load_model
+    from wsi_weakseg.slide import WorkingView, open_slide
+
+    model = load_model()
+    with open_slide(mosaic) as slide:
+        view = WorkingView(slide, model.card.mpp)
+        rgb = view.read(0, 0, *view.shape)
+    maps = predict_image(Predictor(model.net, model.card, "cpu"), rgb, model.card.context_px)
+    labels = label_image(maps, instance_params(model, view.mpp))
+    np.testing.assert_array_equal(labels, runs["whole"]["labels"])
+
+
 def test_oversized_nucleus_warns(mosaic: Path, tmp_path: Path, caplog):
     """A planted 40 µm dark blob exceeds the card's 20 µm limit and is reported."""
     import tifffile

@@ -112,7 +112,7 @@ def test_absolute_paths_and_slide_items(project):
     assert item.kind == "slide" and item.image == scn.resolve() and item.split == "test" and item.mpp is None
 
 
-ITEM_KEYS = "image, slide, points, mpp, point_classes, region_classes, split"
+ITEM_KEYS = "image, slide, points, labels, mpp, point_classes, region_classes, split"
 
 
 @pytest.mark.parametrize(

@@ -243,3 +243,29 @@ def outline(mask: np.ndarray) -> np.ndarray:
     if not rings:
         raise ValueError("empty mask has no outline")
     return rings[0]
+
+
+def label_image(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
+    """Instance labels of a whole in-memory image from its uint8 maps, by the same rules as the blockwise merge.
+
+    Parameters
+    ----------
+    maps : ndarray (2, H, W) uint8
+        Foreground and centre maps (probability x 255).
+    params : InstanceParams
+
+    Returns
+    -------
+    ndarray (H, W) int32
+        0 background, nuclei 1..n numbered in raster order of their markers (the ids ``segment`` writes).
+    """
+    fg, centre = np.asarray(maps[0]), np.asarray(maps[1])
+    markers = find_markers(centre, fg, params)
+    labels, _, _ = assign_pixels(centre, fg, markers, params, global_keys((0, 0), fg.shape, fg.shape[1]))
+    labels = clean_labels(labels, markers, params)
+    kept = np.zeros(len(markers) + 1, dtype=bool)
+    kept[np.unique(labels)] = True
+    kept[0] = False
+    new_ids = np.zeros(len(markers) + 1, dtype=np.int32)
+    new_ids[kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.int32)
+    return new_ids[labels]

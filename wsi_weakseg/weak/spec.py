@@ -13,6 +13,7 @@ Example::
       - slide: slides/case1.svs
         points: case1-points.geojson
         split: validation   # train (default) | validation | test
+        labels: labels/case1.png  # optional instance label map: validation metrics only, never a target
 
 Unknown keys are errors (a misspelt key must never be ignored silently).
 """
@@ -38,7 +39,7 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 _TOP_KEYS = ("defaults", "items")
 _DEFAULT_KEYS = ("mpp", "point_classes", "region_classes")
-_ITEM_KEYS = ("image", "slide", "points", "mpp", "point_classes", "region_classes", "split")
+_ITEM_KEYS = ("image", "slide", "points", "labels", "mpp", "point_classes", "region_classes", "split")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class SpecItem:
         Polygon classes that are annotated regions; ``None`` = the default rule.
     split : str
         ``"train"``, ``"validation"`` or ``"test"``.
+    labels : pathlib.Path or None
+        Optional instance label map (same pixel grid as the image; 0 background): used only to
+        measure validation metrics, never as a training target.
     """
 
     image: Path
@@ -71,6 +75,7 @@ class SpecItem:
     point_classes: tuple[str, ...] | None = None
     region_classes: tuple[str, ...] | None = None
     split: str = "train"
+    labels: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,7 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
                     _classes(raw["region_classes"], "region_classes", where) if "region_classes" in raw else d_regions
                 ),
                 split=split,
+                labels=_path(raw["labels"], "labels", base, where) if "labels" in raw else None,
             )
         )
     return DataSpec(path=path, items=tuple(items))
