@@ -33,7 +33,8 @@ def test_user_file_layers_over_defaults_and_resolves_spec(tmp_path):
         ({"optim": {"epochs": 0}}, "optim.epochs"),
         ({"optim": {"lr": -1.0}}, "optim.lr"),
         ({"data": {"crop": 300}}, "data.crop"),
-        ({"model": {"input": "hsv"}}, "model.input"),
+        ({"data": {"metric": "dice"}}, "data.metric"),
+        ({"data": {"crop": 100, "patch": 128}}, "data.crop"),
         ({"recipe": "scribbles"}, "unknown recipe"),
     ],
 )

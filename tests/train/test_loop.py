@@ -10,7 +10,8 @@ from scipy import ndimage as ndi
 from wsi_weakseg.demo import synthetic_he
 from wsi_weakseg.train.config import load_config
 from wsi_weakseg.train.loop import run
-from wsi_weakseg.train.points_recipe import PointsRecipe, TrainItem
+from wsi_weakseg.train.dataset import TrainItem
+from wsi_weakseg.train.points_recipe import PointsRecipe
 
 NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -84,7 +85,7 @@ def test_checkpoint_reloads_to_identical_outputs_and_resume_is_exact(tmp_path):
     fresh.load_state_dict(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["recipe"])
     x = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():
-        assert torch.equal(fresh.inference_net().eval()(x), straight.inference_net().eval()(x))
+        assert torch.equal(fresh.nets["a"].eval()(x), straight.nets["a"].eval()(x))
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):

@@ -78,6 +78,19 @@ class InstanceParams:
         return 3 * self.reach + self.peak_radius + 2
 
 
+def params_from_card(card, mpp: float) -> InstanceParams:
+    """A model card's thresholds (microns, probabilities) in working pixels and map levels at ``mpp`` µm/px."""
+    t = card.thresholds
+    return InstanceParams(
+        foreground=int(math.ceil(t["foreground"] * 255)),
+        centre=max(1, int(math.ceil(t["centre"] * 255))),
+        peak_radius=max(1, int(round(t["peak_radius_um"] / mpp))),
+        max_cost=card.max_nucleus_um / mpp,
+        path_weight=float(t["path_weight"]),
+        min_area=max(1, int(round(t["min_area_um2"] / mpp**2))),
+    )
+
+
 def _hash01(keys: np.ndarray) -> np.ndarray:
     """splitmix64 of integer keys, mapped to [0, 1)."""
     z = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)

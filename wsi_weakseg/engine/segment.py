@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -30,7 +29,7 @@ from .. import __version__
 from ..errors import ConfigError, NoTissueError, OutputError, WsiWeaksegError, ProcessingError
 from ..model.card import DEFAULT_MODEL, Model, load_model
 from .inference import STRIDE, Predictor, predict_tiles, tile_origins
-from .instances import InstanceParams
+from .instances import InstanceParams, params_from_card
 from .features import DetectionFormat
 from .merge import block_grid, iter_nuclei, run_blocks, write_label_ids
 from .progress import progress_bar
@@ -100,15 +99,7 @@ class SegmentResult:
 
 def instance_params(model: Model, mpp: float) -> InstanceParams:
     """The card's thresholds in working pixels at the working pixel size ``mpp``."""
-    t = model.card.thresholds
-    return InstanceParams(
-        foreground=int(math.ceil(t["foreground"] * 255)),
-        centre=max(1, int(math.ceil(t["centre"] * 255))),
-        peak_radius=max(1, int(round(t["peak_radius_um"] / mpp))),
-        max_cost=model.card.max_nucleus_um / mpp,
-        path_weight=float(t["path_weight"]),
-        min_area=max(1, int(round(t["min_area_um2"] / mpp**2))),
-    )
+    return params_from_card(model.card, mpp)
 
 
 def slide_fingerprint(path: Path) -> str:

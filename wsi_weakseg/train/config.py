@@ -65,17 +65,19 @@ def _check(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"config key {path!r} must be {kind}, got {node!r}")
 
     for p in ("data.mpp", "optim.lr", "optim.lr_gamma", "points.point_radius_um", "points.cluster_distance_um",
-              "points.centre_sigma_um"):
+              "points.centre_sigma_um", "data.radius_um"):
         positive(p)
     for p in ("data.patch", "data.crop", "optim.epochs", "optim.batch_size", "optim.lr_step_epochs",
               "points.gamma_epochs", "model.width"):
         positive(p, integer=True)
     if cfg["data"]["crop"] > cfg["data"]["patch"]:
         raise ConfigError("data.crop must not exceed data.patch")
-    if cfg["model"]["input"] not in ("rgb", "hematoxylin"):
-        raise ConfigError(f"model.input must be 'rgb' or 'hematoxylin', got {cfg['model']['input']!r}")
-    if cfg["points"]["inference_net"] not in ("a", "b"):
-        raise ConfigError("points.inference_net must be 'a' or 'b'")
+    if cfg["data"]["metric"] not in ("aji", "f1"):
+        raise ConfigError(f"data.metric must be 'aji' or 'f1', got {cfg['data']['metric']!r}")
+    if cfg["data"]["crop"] % 32:
+        raise ConfigError(f"data.crop must be a multiple of 32 (the network's stride), got {cfg['data']['crop']}")
+    if cfg["points"]["inference_net"] not in ("a", "b", "best"):
+        raise ConfigError("points.inference_net must be 'a', 'b' or 'best'")
     if not 0.0 < cfg["points"]["ema_weight"] <= 1.0:
         raise ConfigError("points.ema_weight must be in (0, 1]")
     lo, hi = cfg["augment"]["scale"]
@@ -86,7 +88,7 @@ def _check(cfg: dict[str, Any]) -> None:
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Packaged defaults, then the user's YAML file, then ``overrides`` (e.g. from flags); validated.
 
-    Relative ``data.spec`` paths resolve against the config file's folder.
+    Relative ``data.spec``, ``data.items`` and ``data.cache_dir`` paths resolve against the config file's folder.
     """
     user: dict[str, Any] = {}
     base = Path.cwd()
@@ -107,7 +109,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     if overrides:
         cfg = merge(cfg, overrides)
     _check(cfg)
-    spec = cfg["data"]["spec"]
-    if spec is not None:
-        cfg["data"]["spec"] = str((base / spec).resolve()) if not Path(spec).is_absolute() else spec
+    for key in ("spec", "items", "cache_dir"):
+        value = cfg["data"][key]
+        if value is not None:
+            cfg["data"][key] = str((base / Path(value).expanduser()).resolve())
     return cfg

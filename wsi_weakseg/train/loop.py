@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from .augment import AugmentParams, sample_patch
-from .points_recipe import PointsRecipe, TrainItem
+from .dataset import TrainItem
+from .points_recipe import PointsRecipe
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+NEAREST = frozenset({"voronoi", "cluster", "annotated"})  # class maps: resampled by nearest neighbour
 
 
 def patches_per_epoch(items: Sequence[TrainItem], patch: int) -> int:
@@ -35,15 +37,22 @@ def patches_per_epoch(items: Sequence[TrainItem], patch: int) -> int:
     return n
 
 
+def steps_per_epoch(cfg: Mapping, recipe: PointsRecipe, max_steps: int | None = None) -> int:
+    """Optimiser steps per epoch: the larger half's patch count over the batch size (capped by ``max_steps``)."""
+    per_half = [patches_per_epoch([recipe.items[i] for i in idx], int(cfg["data"]["patch"])) for idx in recipe.halves.values()]
+    steps = max(1, -(-max(per_half) // int(cfg["optim"]["batch_size"])))
+    return min(steps, max_steps) if max_steps is not None else steps
+
+
 def _batch(rng: np.random.Generator, recipe: PointsRecipe, indices: Sequence[int], crop: int, aug: AugmentParams) -> dict:
-    images, targets = [], {"voronoi": [], "cluster": [], "centre": []}
+    images, targets = [], {"voronoi": [], "cluster": [], "centre": [], "annotated": []}
     pseudo = []
     for i in indices:
         item = recipe.items[i]
         maps = item.targets()
         if i in recipe.pseudo:
             maps["pseudo"] = recipe.pseudo[i].numpy()
-        img, t = sample_patch(rng, item.image, maps, crop, aug)
+        img, t = sample_patch(rng, item.image, maps, crop, aug, nearest=NEAREST)
         images.append(img)
         for k in targets:
             targets[k].append(t[k])
@@ -95,6 +104,9 @@ def run(
         Per-epoch history: epoch, mean loss, validation metrics.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
+    # Denormal floats appear in late training (tiny gradients/Adam moments) and slow CPU kernels
+    # by orders of magnitude; flushing them to zero changes nothing measurable.
+    torch.set_flush_denormal(True)
     ckpt = work_dir / CHECKPOINT
     seed = int(cfg["seed"])
     rng = np.random.default_rng(seed)
@@ -105,6 +117,11 @@ def run(
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in {work_dir}; start without --resume")
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        changed = sorted(k for k in set(state["config"]) | set(cfg)
+                         if k != "device" and state["config"].get(k) != cfg.get(k))
+        if changed:
+            log.warning("resuming with a config that differs from the checkpoint's in %s: the run will not "
+                        "equal an uninterrupted one", changed)
         recipe.load_state_dict(state["recipe"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -116,11 +133,7 @@ def run(
     crop, bs = int(cfg["data"]["crop"]), int(cfg["optim"]["batch_size"])
     n_epochs = int(cfg["optim"]["epochs"])
     gamma = int(cfg["points"]["gamma_epochs"])
-    per_half = {k: patches_per_epoch([recipe.items[i] for i in idx], int(cfg["data"]["patch"]))
-                for k, idx in recipe.halves.items()}
-    steps = max(1, -(-max(per_half.values()) // bs))
-    if max_steps is not None:
-        steps = min(steps, max_steps)
+    steps = steps_per_epoch(cfg, recipe, max_steps)
 
     for epoch in range(start_epoch, n_epochs):
         if epoch > 0 and epoch % gamma == 0:

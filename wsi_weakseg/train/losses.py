@@ -36,6 +36,20 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits[mask], labels[mask].float())
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is non-zero; 0 (with a gradient path) when the mask is empty.
+
+    Examples
+    --------
+    >>> float(masked_mean(torch.tensor([1.0, 3.0, 5.0]), torch.tensor([1, 1, 0])))
+    2.0
+    """
+    m = mask != 0
+    if not bool(m.any()):
+        return values.sum() * 0.0
+    return values[m].mean()
+
+
 def pseudo_target(cluster: torch.Tensor, ema: torch.Tensor) -> torch.Tensor:
     """Eq. 6: the cluster label where it is decided (0 or 1), the other net's EMA probability where ignored."""
     return torch.where(cluster == IGNORE, ema, cluster.float())

@@ -16,39 +16,14 @@ is the loop's (:mod:`wsi_weakseg.train.loop`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
-from .losses import binary_kl, colorization_loss, ema_update, masked_bce, pseudo_target, ramp_weights
-
-
-@dataclass
-class TrainItem:
-    """One training image at the working pixel size with its weak-label targets.
-
-    Attributes
-    ----------
-    name : str
-    image : ndarray (H, W, 3) uint8
-    voronoi, cluster : ndarray (H, W) uint8
-        0 background, 1 nucleus, 2 ignored.
-    centre : ndarray (H, W) float32
-        Gaussian centre heatmap of the clicks.
-    """
-
-    name: str
-    image: np.ndarray
-    voronoi: np.ndarray
-    cluster: np.ndarray
-    centre: np.ndarray
-
-    def targets(self) -> dict[str, np.ndarray]:
-        return {"voronoi": self.voronoi, "cluster": self.cluster, "centre": self.centre}
+from .dataset import TrainItem
+from .losses import binary_kl, colorization_loss, ema_update, masked_bce, masked_mean, pseudo_target, ramp_weights
 
 
 class Colorizer(nn.Module):
@@ -154,8 +129,11 @@ class PointsRecipe:
             terms = {
                 "voronoi": masked_bce(fg, vor),
                 "cluster": masked_bce(fg, clu),
-                "centre": p["centre_weight"] * F.binary_cross_entropy_with_logits(
-                    centre, torch.from_numpy(b["centre"]).to(self.device).float()
+                "centre": p["centre_weight"] * masked_mean(
+                    F.binary_cross_entropy_with_logits(
+                        centre, torch.from_numpy(b["centre"]).to(self.device).float(), reduction="none"
+                    ),
+                    torch.from_numpy(b["annotated"]).to(self.device),
                 ),
             }
             if alpha > 0 and "pseudo" in b:
@@ -195,7 +173,3 @@ class PointsRecipe:
     def train(self, mode: bool = True) -> None:
         for net in self.nets.values():
             net.train(mode)
-
-    def inference_net(self) -> nn.Module:
-        """The segmentation net the model card ships (``points.inference_net``)."""
-        return self.nets[self.cfg["points"]["inference_net"]]

@@ -1,16 +1,29 @@
-"""Weak-label recipes: training targets derived from point clicks (and, later, scribbles and regions)."""
+"""Weak-label recipes: training targets derived from point clicks (and, later, scribbles and regions).
+
+Names load lazily (PEP 562): the label makers need only numpy/scipy/scikit-image, while the point
+reader needs shapely, which the training path must not require.
+"""
 
 from __future__ import annotations
 
-from .centres import centre_heatmap, label_centroids
-from .clusters import cluster_label
-from .points import PointSet, read_points, write_points
-from .spec import DataSpec, SpecItem, load_item_points, load_spec
-from .stain import estimate_stain_matrix, hematoxylin
-from .voronoi import voronoi_cells, voronoi_label
+import importlib
+from typing import Any
 
-__all__ = [
-    "DataSpec", "PointSet", "SpecItem", "centre_heatmap", "cluster_label", "estimate_stain_matrix", "hematoxylin",
-    "label_centroids", "load_item_points", "load_spec", "read_points", "voronoi_cells", "voronoi_label",
-    "write_points",
-]
+_EXPORTS = {
+    "centre_heatmap": "centres", "label_centroids": "centres", "cluster_label": "clusters",
+    "PointSet": "points", "read_points": "points", "write_points": "points",
+    "DataSpec": "spec", "SpecItem": "spec", "load_item_points": "spec", "load_spec": "spec",
+    "estimate_stain_matrix": "stain", "hematoxylin": "stain", "voronoi_cells": "voronoi", "voronoi_label": "voronoi",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

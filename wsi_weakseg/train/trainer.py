@@ -1,0 +1,220 @@
+"""``train``: data spec -> weak labels -> recipe + loop -> a model folder ``segment --model`` loads.
+
+The output folder holds ``training/`` (checkpoint, best weights, label cache) while training runs, and
+``card.json`` + ``weights.pt`` once it has finished: the card is written last, so a folder with a card is
+a finished model. The shipped net is the (net, epoch) with the best validation metric; its inference
+context is measured (tiled vs whole-image maps) rather than guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import ConfigError
+from ..model.card import ModelCard, save_model
+from ..model.resnet_unet import ResNet34UNet
+from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_items
+from .loop import run, steps_per_epoch
+from .points_recipe import PointsRecipe
+from .validate import validate
+
+log = logging.getLogger(__name__)
+
+BEST = "best.pt"
+LICENCE_NOTE = "weights inherit the licences of their training data (see training.data)"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    model_dir: Path
+    history: list[dict]
+    metrics: dict | None
+    best: dict | None
+
+
+def model_card(cfg: Mapping, name: str, context_px: int = 64) -> ModelCard:
+    """The card of a net trained with ``cfg`` (thresholds at their defaults until tuned)."""
+    return ModelCard(
+        name=name, architecture="resnet34-unet", mpp=float(cfg["data"]["mpp"]),
+        arch_kwargs={"width": int(cfg["model"]["width"])}, tile_size=512, context_px=context_px,
+        description=f"ResNet34-UNet trained from point clicks with the {cfg['recipe']} recipe (wsi-weakseg {__version__})",
+    )
+
+
+def load_data(cfg: Mapping, work: Path) -> tuple[list[TrainItem], list[EvalItem], list[dict]]:
+    """Training and validation items: prebuilt (``data.items``) or built from ``data.spec``."""
+    d = cfg["data"]
+    if d["items"]:
+        train_items, val_items = load_items(Path(d["items"]))
+        return train_items, val_items, [{"name": it.name} for it in train_items]
+    if not d["spec"]:
+        raise ConfigError("the config names no training data: set data.spec (a data spec YAML) or data.items")
+    from ..weak.spec import load_spec
+
+    spec = load_spec(d["spec"])
+    train_spec = spec.split(d["train_split"])
+    if len(train_spec) < 2:
+        raise ConfigError(f"{spec.path}: split {d['train_split']!r} has {len(train_spec)} item(s); the points recipe "
+                          "co-trains two nets on disjoint halves and needs at least 2")
+    cache = Path(d["cache_dir"]) if d["cache_dir"] else work / "label-cache"
+    train_items, summary = build_items(train_spec, cfg, cache)
+    val_items = build_eval_items(spec.split(d["validation_split"]), float(d["mpp"]))
+    if not val_items:
+        log.warning("split %r is empty: training without validation; the last epoch's net %r is shipped",
+                    d["validation_split"], cfg["points"]["inference_net"])
+    return train_items, val_items, summary
+
+
+def _progress(total: int, enabled: bool) -> Callable[[int, dict], None] | None:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the lent GPU machine may lack tqdm: log every 50 steps instead
+        return lambda s, logs: (s % 50 == 0) and log.warning("step %d/%d loss %.4f", s, total, logs["loss"])
+    import sys
+
+    bar = tqdm(total=total, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def on_step(step: int, logs: dict) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+        bar.refresh()
+        if step >= total:
+            bar.close()
+
+    return on_step
+
+
+def train(
+    cfg: Mapping,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+    data: tuple[Sequence[TrainItem], Sequence[EvalItem], list[dict]] | None = None,
+) -> TrainResult:
+    """Train a model with the points recipe and write it to ``out_dir``.
+
+    Parameters
+    ----------
+    cfg : mapping
+        Resolved config (:func:`~wsi_weakseg.train.config.load_config`).
+    out_dir : path
+        Model folder to create (``card.json``, ``weights.pt``, ``training/``).
+    resume : bool
+        Continue from ``out_dir/training/checkpoint.pt``.
+    device : str, optional
+        ``auto``, ``cpu``, ``cuda[:N]``, ``mps``; default ``cfg["device"]``.
+    progress : bool
+        Progress bar on stderr.
+    max_steps : int, optional
+        Cap of steps per epoch (smoke runs, tests).
+    data : (train items, validation items, summary), optional
+        Prebuilt items instead of reading ``cfg["data"]``.
+
+    Returns
+    -------
+    TrainResult
+    """
+    from ..engine.inference import resolve_device
+
+    out_dir = Path(out_dir)
+    if (out_dir / "card.json").exists() and not resume:
+        raise ConfigError(f"{out_dir} already holds a trained model; choose another --out or delete it")
+    work = out_dir / "training"
+    work.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device or cfg["device"])
+    t0 = time.perf_counter()
+    train_items, val_items, summary = data if data is not None else load_data(cfg, work)
+    card = model_card(cfg, out_dir.name)
+    torch.manual_seed(int(cfg["seed"]))  # network initialisation (the loop seeds sampling and dropout-free training)
+    recipe = PointsRecipe(cfg, train_items, card.normalization, dev)
+    metric = cfg["data"]["metric"]
+    if metric == "aji" and val_items and any(v.labels is None for v in val_items):
+        log.warning("some validation items have no label map: model selection uses detection F1")
+        metric = "f1"
+    choice = cfg["points"]["inference_net"]
+    nets = ("a", "b") if choice == "best" else (choice,)
+
+    best: dict | None = None
+    if resume and (work / BEST).is_file():
+        saved = torch.load(work / BEST, map_location="cpu", weights_only=False)
+        best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
+
+    def on_epoch(rec: PointsRecipe, epoch: int) -> dict:
+        nonlocal best
+        if not val_items:
+            return {}
+        scores = {k: validate(rec.nets[k], card, val_items, cfg["data"]["radius_um"], str(dev)) for k in nets}
+        for k, s in scores.items():
+            log.info("epoch %d net %s: %s", epoch + 1, k, json.dumps({m: round(v, 4) for m, v in s["mean"].items()}))
+            value = float(s["mean"].get(metric, -1.0))
+            if best is None or value > best["value"]:
+                best = {"epoch": epoch, "net": k, "value": value, "metric": metric}
+                torch.save({**best, "state": rec.nets[k].state_dict(), "validation": s}, work / (BEST + ".tmp"))
+                (work / (BEST + ".tmp")).replace(work / BEST)
+        return {k: s["mean"] for k, s in scores.items()}
+
+    on_step = None
+    if progress:
+        on_step = _progress(steps_per_epoch(cfg, recipe, max_steps) * int(cfg["optim"]["epochs"]), True)
+    history = run(cfg, recipe, work, resume=resume, validate=on_epoch, on_step=on_step, max_steps=max_steps)
+    net = ResNet34UNet(out_channels=2, width=int(cfg["model"]["width"]))
+    if (work / BEST).is_file():
+        saved = torch.load(work / BEST, map_location="cpu", weights_only=False)
+        net.load_state_dict(saved["state"])
+        best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
+        metrics = saved["validation"]
+    else:
+        fallback = "a" if choice == "best" else choice
+        net.load_state_dict(recipe.nets[fallback].state_dict())
+        best = {"epoch": history[-1]["epoch"] if history else None, "net": fallback, "value": None, "metric": None}
+        metrics = None
+    card.context_px = _measure_context(net, card, [v.image for v in val_items] or [t.image for t in train_items])
+    card.metrics = metrics
+    card.training = {
+        "recipe": cfg["recipe"], "config": json.loads(json.dumps(cfg, default=str)),
+        "data": summary, "n_train": len(train_items), "n_validation": len(val_items),
+        "shipped": best, "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
+        "wall_s": round(time.perf_counter() - t0, 1), "history": history, "licence": LICENCE_NOTE,
+    }
+    _publish(out_dir, card, net)
+    log.info("model written to %s (net %s, epoch %s)", out_dir, best["net"], best["epoch"])
+    return TrainResult(out_dir, history, metrics, best)
+
+
+def _measure_context(net: torch.nn.Module, card: ModelCard, images: Sequence[np.ndarray]) -> int:
+    """Context for tiled == whole-image maps within 0.01 on up to two images (tile 128, multiples of 32)."""
+    from ..engine.inference import Predictor
+    from ..model.context import measure_context
+
+    usable = [im for im in images if min(im.shape[:2]) >= 256][:2]
+    if not usable:
+        log.warning("no image of at least 256 px to measure the context on; keeping %d px", card.context_px)
+        return card.context_px
+    context, _ = measure_context(Predictor(net, card, "cpu"), usable, tile=128)
+    return context
+
+
+def _publish(out_dir: Path, card: ModelCard, net: torch.nn.Module) -> None:
+    """Weights then card into ``out_dir`` (the card is the commit point)."""
+    staging = out_dir / "training" / "export"
+    save_model(staging, card, net)
+    (staging / card.weights).replace(out_dir / card.weights)
+    (staging / "card.json").replace(out_dir / "card.json")
+    staging.rmdir()
