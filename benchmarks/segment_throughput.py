@@ -32,6 +32,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only; the functions import numpy themselves when they run
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("open_and_tissue", "inference", "instances", "geojson", "pyramid")
@@ -95,7 +99,7 @@ def cpu_description() -> str:
 # setup (parent process)
 
 
-def build_mosaic(grid: int) -> "np.ndarray":  # noqa: F821
+def build_mosaic(grid: int) -> np.ndarray:
     import numpy as np
     from PIL import Image
 
