@@ -145,8 +145,8 @@ def train(
     torch.manual_seed(int(cfg["seed"]))  # network initialisation (the loop seeds sampling and dropout-free training)
     recipe = PointsRecipe(cfg, train_items, card.normalization, dev)
     metric = cfg["data"]["metric"]
-    if metric == "aji" and val_items and any(v.labels is None for v in val_items):
-        log.warning("some validation items have no label map: model selection uses detection F1")
+    if metric == "aji" and val_items and all(v.labels is None for v in val_items):
+        log.warning("no validation item has a label map: model selection uses detection F1")
         metric = "f1"
     choice = cfg["points"]["inference_net"]
     nets = ("a", "b") if choice == "best" else (choice,)
