@@ -69,13 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list packaged models")
     for module in COMMAND_MODULES.values():
-        try:
-            mod = importlib.import_module(f".{module}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{module}":
-                raise
-            continue  # command not built yet
-        mod.add_parser(sub)
+        importlib.import_module(f".{module}", __package__).add_parser(sub)
     return parser
 
 

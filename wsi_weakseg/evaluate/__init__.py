@@ -3,6 +3,8 @@
 Functions take 2-D instance label images (0 = background) or ``(n, 2)`` point arrays and return floats
 or flat dicts of plain Python numbers. :func:`evaluate_instances` computes everything at once against
 full masks; :func:`evaluate_points` evaluates detection against point-only ground truth.
+:func:`evaluate_files` and :func:`evaluate_model` (``wsi-weakseg evaluate``) read predictions and ground
+truth from files, folders or a model run and return per-image rows and their means.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from .metrics import (
     pixel_accuracy,
     pixel_f1,
 )
+from .run import DEFAULT_RADIUS_UM, evaluate_files, evaluate_model
 
 __all__ = [
+    "DEFAULT_RADIUS_UM",
     "aji",
     "detection_scores",
+    "evaluate_files",
     "evaluate_instances",
+    "evaluate_model",
     "evaluate_points",
     "instance_centroids",
     "object_dice",
