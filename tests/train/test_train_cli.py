@@ -58,6 +58,14 @@ def test_train_writes_a_model_that_segment_loads(project: Path, tmp_path: Path, 
     assert set(card["metrics"]["mean"]) >= {"aji", "object_dice", "pq", "f1"}
     assert card["metrics"]["images"][0]["n_gt"] > 300  # the validation label map was read
     assert card["context_px"] % 32 == 0 and card["arch_kwargs"] == {"width": 8}
+    # Thresholds tuned on validation: the chosen setting is the grid's best, and the card's metrics use it.
+    tuning = t["thresholds_tuning"]
+    best_row = max(tuning["grid"], key=lambda r: r["aji"])
+    assert {k: card["thresholds"][k] for k in ("foreground", "centre")} == tuning["chosen"]
+    chosen = next(r for r in tuning["grid"] if r["foreground"] == tuning["chosen"]["foreground"]
+                  and r["centre"] == tuning["chosen"]["centre"])
+    assert chosen["aji"] == best_row["aji"] == pytest.approx(card["metrics"]["mean"]["aji"])
+    assert any(r["foreground"] == 0.5 and r["centre"] == 0.3 for r in tuning["grid"])  # the defaults were tried
     # The shipped weights are the best validation epoch's net, and the folder loads.
     best = torch.load(tmp_path / "model" / "training" / "best.pt", weights_only=False)
     model = load_model(tmp_path / "model")

@@ -3,7 +3,9 @@
 The output folder holds ``training/`` (checkpoint, best weights, label cache) while training runs, and
 ``card.json`` + ``weights.pt`` once it has finished: the card is written last, so a folder with a card is
 a finished model. The shipped net is the (net, epoch) with the best validation metric; its inference
-context is measured (tiled vs whole-image maps) rather than guessed.
+context is measured (tiled vs whole-image maps) rather than guessed, and its foreground/centre thresholds are
+tuned on the validation split (:mod:`~wsi_weakseg.train.tune`); the card's metrics are those of the shipped
+net with the shipped thresholds.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..model.resnet_unet import ResNet34UNet
 from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_items
 from .loop import run, steps_per_epoch
 from .points_recipe import PointsRecipe
+from .tune import tune_thresholds
 from .validate import validate
 
 log = logging.getLogger(__name__)
@@ -186,11 +189,16 @@ def train(
         best = {"epoch": history[-1]["epoch"] if history else None, "net": fallback, "value": None, "metric": None}
         metrics = None
     card.context_px = _measure_context(net, card, [v.image for v in val_items] or [t.image for t in train_items])
+    tuning = None
+    if val_items:
+        card.thresholds, table = tune_thresholds(net, card, val_items, metric, cfg["data"]["radius_um"])
+        tuning = {"metric": metric, "chosen": {k: card.thresholds[k] for k in ("foreground", "centre")}, "grid": table}
+        metrics = validate(net, card, val_items, cfg["data"]["radius_um"], "cpu")
     card.metrics = metrics
     card.training = {
         "recipe": cfg["recipe"], "config": json.loads(json.dumps(cfg, default=str)),
         "data": summary, "n_train": len(train_items), "n_validation": len(val_items),
-        "shipped": best, "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
+        "shipped": best, "thresholds_tuning": tuning, "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
         "wall_s": round(time.perf_counter() - t0, 1), "history": history, "licence": LICENCE_NOTE,
     }
     _publish(out_dir, card, net)
