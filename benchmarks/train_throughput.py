@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -58,21 +57,11 @@ from wsi_weakseg.train.loop import _batch
 from wsi_weakseg.train.losses import ramp_weights
 from wsi_weakseg.train.points_recipe import PointsRecipe
 
+from segment_throughput import cpu_description  # noqa: E402 - sibling script, same folder
+
 NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 CROP = 256
 MPP = 0.5
-
-
-def cpu_description() -> str:
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} logical cores, {platform.machine()})"
 
 
 def synthetic_points(rgb: np.ndarray) -> np.ndarray:

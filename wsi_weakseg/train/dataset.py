@@ -91,7 +91,6 @@ class ReadItem:
     annotated: np.ndarray
     mpp: float
     source_mpp: float
-    window: tuple[int, int, int, int]  # working (y, x, h, w) inside the view
     labels: np.ndarray | None = None
     info: dict = field(default_factory=dict)
 
@@ -146,7 +145,7 @@ def read_item(item, mpp: float) -> ReadItem:
         rows = _nearest_grid(h, r0, s, view.origin[1], gt.shape[0])
         cols = _nearest_grid(w, c0, s, view.origin[0], gt.shape[1])
         labels = gt[np.ix_(rows, cols)].astype(np.int32)
-    return ReadItem(item.image.stem, rgb, rc, annotated, view.mpp, source_mpp, (r0, c0, h, w), labels,
+    return ReadItem(item.image.stem, rgb, rc, annotated, view.mpp, source_mpp, labels,
                     {"points": len(points), "dropped_outside": points.n_dropped_outside,
                      "merged_duplicates": points.n_merged_duplicates})
 
