@@ -1,4 +1,4 @@
-"""Command-line interface: ``wsi-weakseg segment|info|demo|models|train|evaluate|labels``.
+"""Command-line interface: ``wsi-weakseg segment|info|demo|models|train|evaluate|labels|cohort``.
 
 Thin: parse flags, call the library, map errors to exit codes (0 ok, 1 processing failure,
 2 bad input or usage) with a one-line message and no traceback for user errors.
@@ -21,7 +21,7 @@ log = logging.getLogger("wsi_weakseg")
 
 #: Commands living in their own modules: each defines ``add_parser(subparsers)`` (importing only the standard
 #: library at module level, so ``--help`` stays fast) and ``run(args) -> int``.
-COMMAND_MODULES = {"train": "cli_train", "evaluate": "cli_evaluate", "labels": "cli_labels"}
+COMMAND_MODULES = {"train": "cli_train", "evaluate": "cli_evaluate", "labels": "cli_labels", "cohort": "cli_cohort"}
 
 
 def _positive_float(text: str) -> float:
@@ -34,7 +34,7 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
+def _add_run_flags(p: argparse.ArgumentParser, roi: bool = True) -> None:
     p.add_argument("--model", default=None, help="packaged model name or model folder (default: the packaged default)")
     p.add_argument("--mpp", type=_positive_float, help="slide pixel size in µm/px; overrides metadata")
     p.add_argument("--tile-size", type=int, help="tile core in working pixels, multiple of 32 (default: model card)")
@@ -42,7 +42,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=2, help="reader / post-processing threads (default 2)")
     p.add_argument("--block-size", type=int, default=1024, help="merge block in working pixels (default 1024)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--roi", help="QuPath GeoJSON whose polygon annotations restrict the work")
+    if roi:
+        p.add_argument("--roi", help="QuPath GeoJSON whose polygon annotations restrict the work")
     p.add_argument("--compress", action="store_true", help="write .geojson.gz")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -78,7 +79,7 @@ def _options(args: argparse.Namespace):
 
     return SegmentOptions(
         tile_size=args.tile_size, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-        block_size=args.block_size, mpp=args.mpp, roi=args.roi, compress=args.compress,
+        block_size=args.block_size, mpp=args.mpp, roi=getattr(args, "roi", None), compress=args.compress,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
 

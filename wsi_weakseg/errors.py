@@ -53,6 +53,10 @@ class GeoJSONError(UserInputError, ValueError):
     """A GeoJSON file is malformed or holds unusable geometry (e.g. NaN coordinates)."""
 
 
+class CohortInputError(UserInputError, ValueError):
+    """A cohort's input (folder or manifest CSV) is unusable, or two slides would share an output folder."""
+
+
 class OutputError(UserInputError, OSError):
     """The output location cannot be created or written."""
 

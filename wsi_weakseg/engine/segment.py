@@ -298,9 +298,9 @@ def segment(
                 raise ProcessingError(f"internal error: {n} polygons for {len(sorted_keys)} labels")
             if n_oversized:
                 log.warning(
-                    "%d nucle%s reach the model's size limit (max_nucleus_um = %g µm) and were cut there; "
+                    "%s: %d nucle%s reach the model's size limit (max_nucleus_um = %g µm) and were cut there; "
                     "inspect them (large or merged nuclei) or use a model card with a larger max_nucleus_um",
-                    n_oversized, "us" if n_oversized == 1 else "i", card.max_nucleus_um,
+                    slide_path.name, n_oversized, "us" if n_oversized == 1 else "i", card.max_nucleus_um,
                 )
 
             store.finalize()
