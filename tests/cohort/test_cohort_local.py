@@ -117,3 +117,20 @@ def test_done_manifest_matches_only_the_same_inputs(cohort_slides, tmp_path):
     # a wrong model sha on a worker is that slide's failure, with a message saying what to do
     bad = process_slide(job, str(tmp_path), MODEL, "f" * 64, opts, ident)
     assert bad["status"] == "failed" and bad["error_type"] == "ModelCardError" and "same model" in bad["error"]
+
+
+def test_task_resources_must_exist_on_some_worker(cohort_slides, tmp_path):
+    from distributed import LocalCluster
+
+    jobs = [j for j in find_slides(cohort_slides) if j.slide_id == "s3"]
+    opts = SegmentOptions(batch_size=4, progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                      resources={"GPU": 1}) as cluster:
+        addr = cluster.scheduler_address
+        with pytest.raises(ValueError, match="--resources TPU=1"):
+            run_cohort(jobs, tmp_path / "a", MODEL, opts,
+                       CohortOptions(scheduler_address=addr, resources={"TPU": 1}, progress=False))
+        assert not (tmp_path / "a").exists()  # refused before any slide ran: nothing written
+        summary = run_cohort(jobs, tmp_path / "b", MODEL, opts,
+                             CohortOptions(scheduler_address=addr, resources={"GPU": 1}, progress=False))
+    assert [r["status"] for r in summary.rows] == ["done"]

@@ -114,23 +114,34 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 class Ledger:
-    """``cohort.jsonl``: rows appended and flushed to disk one at a time, so a killed driver loses none."""
+    """``cohort.jsonl``: rows appended and flushed to disk one at a time, so a killed driver loses none.
+
+    The file (and the output folder) is created at the first row, so a cohort refused before any slide
+    ran leaves nothing behind.
+    """
 
     def __init__(self, path: Path, run_id: str) -> None:
         self.path, self.run_id = path, run_id
-        try:
-            self._fh = open(path, "a", encoding="utf-8")
-        except OSError as exc:
-            raise OutputError(f"cannot write the cohort ledger {path}: {exc.strerror or exc}; choose another -o") from None
+        self._fh = None
+        existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+        if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            raise OutputError(f"cannot write the cohort output folder {path.parent} ({existing} is not writable); choose another -o")
 
     def write(self, row: dict[str, Any], attempt: int) -> None:
+        if self._fh is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.path, "a", encoding="utf-8")
+            except OSError as exc:
+                raise OutputError(f"cannot write the cohort ledger {self.path}: {exc.strerror or exc}; choose another -o") from None
         full = {"run": self.run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "attempt": attempt, **row}
         self._fh.write(json.dumps(full, ensure_ascii=False) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
 
 
 def run_cohort(
@@ -177,10 +188,6 @@ def run_cohort(
     opts.validate(loaded.card.tile_size)
     model_ref = _model_ref(model)
     out = Path(out_dir).resolve()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create cohort output folder {out}: {exc.strerror or exc}; choose another -o") from None
     ledger = Ledger(out / LEDGER_NAME, uuid.uuid4().hex[:12])
     final: dict[str, dict[str, Any]] = {}
     todo: deque[tuple[SlideJob, int]] = deque()
@@ -216,7 +223,14 @@ def _run(client, todo, out, model_ref, opts, co, identities, ledger, final, thre
 
     from ..engine.progress import progress_bar
 
-    slots = max(1, sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values()))
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    for name in resources or {}:
+        if not any(name in (w.get("resources") or {}) for w in workers):
+            raise CohortInputError(
+                f"no Dask worker declares the resource {name!r} that every slide task needs, so none would run; "
+                f"start workers with `dask worker --resources {name}=1` or drop --resource"
+            )
+    slots = max(1, sum(w["nthreads"] for w in workers))
     limit = co.max_in_flight or 2 * slots
     if limit < 1:
         raise CohortInputError(f"--max-in-flight must be >= 1, got {limit}")
