@@ -135,6 +135,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         tag = " (default)" if name == DEFAULT_MODEL else ""
         state = "trained" if card.trained else "UNTRAINED"
         print(f"{name}{tag}: {card.architecture}, {card.mpp} µm/px, {state}. {card.description}")
+        if card.license:
+            print(f"    licence: {card.license}")
     return 0
 
 

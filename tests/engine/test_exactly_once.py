@@ -20,6 +20,7 @@ from shapely.geometry import shape
 
 from wsi_weakseg.engine.segment import SegmentOptions, segment
 from wsi_weakseg.io.geojson import read_features
+from wsi_weakseg.model.card import BASELINE_MODEL
 from wsi_weakseg.slide.testing import write_pyramid_tiff
 
 MIN_NUCLEI = 1000  # the baseline finds ~1,470 of the mosaic's ~2,300 annotated nuclei; a run that finds few cannot pass
@@ -36,7 +37,7 @@ def mosaic(shared_data: Path, tmp_path_factory) -> Path:
 
 
 def _run(slide: Path, out: Path, tile: int, block: int) -> dict:
-    res = segment(slide, out, options=SegmentOptions(tile_size=tile, block_size=block, batch_size=4, progress=False))
+    res = segment(slide, out, BASELINE_MODEL, options=SegmentOptions(tile_size=tile, block_size=block, batch_size=4, progress=False))
     labels = zarr.open_array(res.zarr / "labels" / "nuclei" / "0")[:]
     return {"res": res, "bytes": res.geojson.read_bytes(), "labels": labels}
 
@@ -121,7 +122,7 @@ def test_oversized_nucleus_warns(mosaic: Path, tmp_path: Path, caplog):
     rgb[blob] = (70, 40, 120)
     slide = write_pyramid_tiff(tmp_path / "blob.tiff", rgb, 0.25, levels=3, tile=256, compression="jpeg")
     with caplog.at_level(logging.WARNING):
-        res = segment(slide, tmp_path / "out", options=SegmentOptions(progress=False))
+        res = segment(slide, tmp_path / "out", BASELINE_MODEL, options=SegmentOptions(progress=False))
     assert res.n_oversized >= 1
     assert any("max_nucleus_um" in r.getMessage() for r in caplog.records)
     assert json.loads(res.run_json.read_text())["nuclei_oversized"] == res.n_oversized

@@ -13,6 +13,7 @@ from wsi_weakseg.demo import synthetic_he
 from wsi_weakseg.engine.segment import SegmentOptions, segment
 from wsi_weakseg.errors import MissingMppError
 from wsi_weakseg.io.geojson import read_features
+from wsi_weakseg.model.card import BASELINE_MODEL
 from wsi_weakseg.slide.testing import write_leica_scn, write_pyramid_tiff
 
 OPTS = dict(progress=False, batch_size=4)
@@ -31,8 +32,8 @@ def test_bounds_frame_matches_qupath(tmp_path: Path):
     rgb, _ = synthetic_he(size=(512, 768), mpp=0.5, seed=3)
     plain = write_pyramid_tiff(tmp_path / "plain.tiff", rgb, 0.5, levels=2, tile=256)
     scn = write_leica_scn(tmp_path / "bounds.scn", rgb, 0.5, offset=(101, 61), slide_size=(1200, 900))
-    a = segment(plain, tmp_path / "a", options=SegmentOptions(**OPTS))
-    b = segment(scn, tmp_path / "b", options=SegmentOptions(**OPTS))
+    a = segment(plain, tmp_path / "a", BASELINE_MODEL, options=SegmentOptions(**OPTS))
+    b = segment(scn, tmp_path / "b", BASELINE_MODEL, options=SegmentOptions(**OPTS))
     ga = [f["geometry"] for f in read_features(a.geojson)]
     gb = [f["geometry"] for f in read_features(b.geojson)]
     assert len(ga) >= 100 and ga == gb
@@ -45,7 +46,7 @@ def test_cmu1_svs_with_roi(shared_data: Path, tmp_path: Path):
     """Aperio JPEG SVS at 0.499 µm/px is read as is (within tolerance of the model's 0.5); --roi restricts nuclei."""
     slide = shared_data / "slides" / "cmu-1-small-region.svs"
     roi = _roi(tmp_path / "roi.geojson", 800, 1200, 1400, 1700)
-    res = segment(slide, tmp_path / "out", options=SegmentOptions(roi=str(roi), **OPTS))
+    res = segment(slide, tmp_path / "out", BASELINE_MODEL, options=SegmentOptions(roi=str(roi), **OPTS))
     run = json.loads(res.run_json.read_text())
     assert run["working"]["resampled"] is False and run["working"]["scale"] == 1.0
     feats = read_features(res.geojson)
@@ -59,10 +60,10 @@ def test_cmu1_svs_with_roi(shared_data: Path, tmp_path: Path):
 def test_tcga_jp2k_svs_needs_mpp(shared_data: Path, tmp_path: Path):
     slide = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
     with pytest.raises(MissingMppError, match="--mpp"):
-        segment(slide, tmp_path / "x", options=SegmentOptions(**OPTS))
+        segment(slide, tmp_path / "x", BASELINE_MODEL, options=SegmentOptions(**OPTS))
     assert not (tmp_path / "x").exists()
     roi = _roi(tmp_path / "roi.geojson", 2000, 1600, 2600, 2100)
-    res = segment(slide, tmp_path / "out", options=SegmentOptions(mpp=0.5, roi=str(roi), **OPTS))
+    res = segment(slide, tmp_path / "out", BASELINE_MODEL, options=SegmentOptions(mpp=0.5, roi=str(roi), **OPTS))
     run = json.loads(res.run_json.read_text())
     assert run["slide"]["mpp_source"] == "user" and run["working"]["level"] == 0
     assert res.n_nuclei >= 20

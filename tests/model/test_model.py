@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from wsi_weakseg.errors import ModelCardError
-from wsi_weakseg.model.card import DEFAULT_MODEL, ModelCard, available_models, load_model, save_model
+from wsi_weakseg.model.card import BASELINE_MODEL, DEFAULT_MODEL, ModelCard, available_models, export_model, load_model, save_model
 from wsi_weakseg.model.resnet_unet import ResNet34UNet, load_torchvision_encoder
 
 
@@ -48,7 +48,7 @@ def test_loads_torchvision_state_dict(tmp_path):
 
 
 def test_baseline_output_depends_only_on_pixels_within_its_radius():
-    net = load_model(DEFAULT_MODEL).net
+    net = load_model(BASELINE_MODEL).net
     r = net.receptive_radius
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, (1, 3, 96, 96)).astype(np.float32) / 255.0)
@@ -77,6 +77,33 @@ def test_card_roundtrip_and_sha_check(tmp_path):
     (folder / "weights.pt").write_bytes(bytes(raw))
     with pytest.raises(ModelCardError, match="sha256"):
         load_model(folder)
+
+
+def test_export_half_precision_keeps_predictions(tmp_path):
+    torch.manual_seed(0)
+    card = ModelCard(name="t", architecture="resnet34-unet", mpp=0.5, arch_kwargs={"width": 8}, tile_size=64)
+    net = ResNet34UNet(out_channels=2, width=8)
+    with torch.no_grad():  # non-trivial batch-norm statistics, as after training
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    src = save_model(tmp_path / "m", card, net)
+    dst = export_model(src, tmp_path / "half", name="t-half", license="CC BY-NC-SA 4.0", thresholds={**card.thresholds, "foreground": 0.4})
+    half = torch.load(dst / "weights.pt", weights_only=True)
+    full = torch.load(src / "weights.pt", weights_only=True)
+    assert {k: v.dtype for k, v in half.items() if v.is_floating_point()} == {
+        k: torch.float16 for k, v in full.items() if v.is_floating_point()}
+    assert all(half[k].dtype == v.dtype for k, v in full.items() if not v.is_floating_point())  # BN counters stay ints
+    assert (dst / "weights.pt").stat().st_size < 0.6 * (src / "weights.pt").stat().st_size
+    model = load_model(dst)
+    assert model.card.name == "t-half" and model.card.license == "CC BY-NC-SA 4.0"
+    assert model.card.thresholds["foreground"] == 0.4 and model.sha256 != load_model(src).sha256
+    assert all(p.dtype == torch.float32 for p in model.net.parameters())  # computes in float32
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        a, b = torch.sigmoid(load_model(src).net(x)), torch.sigmoid(model.net(x))
+    assert 0 < (a - b).abs().max() < 5e-3
 
 
 @pytest.mark.parametrize(
@@ -110,7 +137,7 @@ def test_baseline_card_context_is_the_measured_one(shared_data):
     from wsi_weakseg.engine.inference import Predictor
     from wsi_weakseg.model.context import measure_context
 
-    model = load_model(DEFAULT_MODEL)
+    model = load_model(BASELINE_MODEL)
     path = sorted((shared_data / "monuseg-train" / "images").glob("*.png"))[0]
     image = np.asarray(Image.open(path).convert("RGB"))[:600:2, :600:2].copy()
     context, steps = measure_context(Predictor(model.net, model.card, "cpu"), [image], tile=64, tolerance=0.0,

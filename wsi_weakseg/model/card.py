@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 CARD_NAME = "card.json"
 PACKAGED = Path(__file__).resolve().parents[1] / "models"
+#: The untrained, exactly local colour-deconvolution model (tests' stub, classical comparison).
+BASELINE_MODEL = "hematoxylin-baseline"
+#: The model ``segment`` uses when none is given.
 DEFAULT_MODEL = "hematoxylin-baseline"
 HEADS = ("foreground", "centre")
 
@@ -77,6 +80,8 @@ class ModelCard:
         False for untrained/heuristic models; outputs are then labelled as such.
     description : str
         Free text.
+    license : str
+        Terms of use of the weights (they inherit the licences of their training data).
     training : dict or None
         Summary of the training data and recipe.
     metrics : dict or None
@@ -101,6 +106,7 @@ class ModelCard:
     weights_sha256: str | None = None
     trained: bool = True
     description: str = ""
+    license: str = ""
     training: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
 
@@ -251,9 +257,12 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> Model:
 
 def save_model(folder: str | Path, card: ModelCard, net: nn.Module) -> Path:
     """Write ``net``'s state_dict and ``card`` (with the weights' sha256) into ``folder``."""
-    folder = Path(folder)
+    return _write_folder(Path(folder), card, net.state_dict())
+
+
+def _write_folder(folder: Path, card: ModelCard, state: dict[str, torch.Tensor]) -> Path:
+    """Weights (if any) then card into ``folder``, each under a temporary name renamed into place."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = net.state_dict()
     if state:
         card.weights = card.weights or "weights.pt"
         tmp = folder / (card.weights + ".tmp")
@@ -264,3 +273,34 @@ def save_model(folder: str | Path, card: ModelCard, net: nn.Module) -> Path:
     tmp_card.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     tmp_card.replace(folder / CARD_NAME)
     return folder
+
+
+def export_model(
+    src: str | Path, dst: str | Path, half: bool = True, state: dict[str, torch.Tensor] | None = None, **card_updates: Any
+) -> Path:
+    """Copy a model folder's card and weights into ``dst``, optionally as float16 weights and with card changes.
+
+    Parameters
+    ----------
+    src : path
+        Model folder (``card.json`` + weights), e.g. the output of ``wsi-weakseg train``.
+    dst : path
+        Folder to write (created); its ``card.json`` is written last.
+    half : bool
+        Store floating-point tensors as float16 (half the size; the net computes in float32 after loading).
+    state : dict, optional
+        A state_dict replacing ``src``'s weights (e.g. averaged weights of the same architecture).
+    **card_updates
+        Card fields to set (``name``, ``description``, ``license``, ``thresholds``, ``metrics`` ...).
+
+    Returns
+    -------
+    Path
+        ``dst``.
+    """
+    model = load_model(src)
+    if state is not None:
+        model.net.load_state_dict(state)
+    card = dataclasses.replace(model.card, weights="weights.pt", **card_updates)
+    weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.net.state_dict().items()}
+    return _write_folder(Path(dst), card, weights)

@@ -1,14 +1,16 @@
 """Post-processing thresholds tuned on validation: the net's maps are predicted once, the instance rules re-run per setting.
 
 A small grid over the foreground and centre-marker thresholds (the two that trade merges against splits and
-misses against false detections); the card's current values are always in the grid, so tuning never picks a
-setting that scores worse on validation than the untuned one.
+misses against false detections), optionally also the minimum nucleus area and the marker peak radius; the
+card's current values are always in the grid, so tuning never picks a setting that scores worse on validation
+than the untuned one.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 from collections.abc import Sequence
 
@@ -35,24 +37,33 @@ def tune_thresholds(
     radius_um: float,
     foreground: Sequence[float] = FOREGROUND,
     centre: Sequence[float] = CENTRE,
+    min_area_um2: Sequence[float] = (),
+    peak_radius_um: Sequence[float] = (),
 ) -> tuple[dict, list[dict]]:
-    """Best (foreground, centre) thresholds by mean validation ``metric`` ("aji" or "f1").
+    """Best post-processing thresholds by mean validation ``metric`` ("aji" or "f1").
+
+    Parameters
+    ----------
+    foreground, centre, min_area_um2, peak_radius_um : sequence of float
+        Values tried for each threshold (the card's value is always added; empty = the card's value only).
 
     Returns
     -------
     thresholds : dict
-        The card's thresholds with the best foreground/centre values.
+        The card's thresholds with the best values.
     table : list of dict
-        ``{"foreground", "centre", metric}`` for every setting tried.
+        The thresholds tried and the ``metric`` of every setting.
     """
     predictor = Predictor(copy.deepcopy(net), card, "cpu")
     maps = [predict_image(predictor, it.image, context=STRIDE) for it in items]
     radius_px = radius_um / card.mpp
     base = dict(card.thresholds)
-    grid = sorted({(float(f), float(c)) for f in foreground for c in centre} | {(base["foreground"], base["centre"])})
+    keys = ("foreground", "centre", "min_area_um2", "peak_radius_um")
+    axes = [sorted({float(v) for v in values} | {float(base[k])})
+            for k, values in zip(keys, (foreground, centre, min_area_um2, peak_radius_um))]
     table = []
-    for f, c in grid:
-        trial = dataclasses.replace(card, thresholds={**base, "foreground": f, "centre": c})
+    for setting in itertools.product(*axes):
+        trial = dataclasses.replace(card, thresholds={**base, **dict(zip(keys, setting))})
         params = params_from_card(trial, card.mpp)
         scores = []
         for it, m in zip(items, maps):
@@ -61,9 +72,10 @@ def tune_thresholds(
                 scores.append(evaluate_instances(labels, it.labels, radius_px=radius_px)["aji"])
             elif metric == "f1":
                 scores.append(evaluate_points(labels, it.points_rc, radius_px=radius_px)["f1"])
-        table.append({"foreground": f, "centre": c, metric: float(np.mean(scores)) if scores else float("nan")})
-    best = max(table, key=lambda r: (r[metric], r["foreground"] == base["foreground"] and r["centre"] == base["centre"]))
-    log.info("thresholds tuned on validation: foreground %.2f, centre %.2f (%s %.4f; defaults %.4f)",
-             best["foreground"], best["centre"], metric, best[metric],
-             next(r[metric] for r in table if (r["foreground"], r["centre"]) == (base["foreground"], base["centre"])))
-    return {**base, "foreground": best["foreground"], "centre": best["centre"]}, table
+        table.append({**dict(zip(keys, setting)), metric: float(np.mean(scores)) if scores else float("nan")})
+    is_base = {id(r): all(r[k] == base[k] for k in keys) for r in table}
+    best = max(table, key=lambda r: (r[metric], is_base[id(r)]))
+    default = next(r for r in table if is_base[id(r)])
+    log.info("thresholds tuned on validation: %s (%s %.4f; defaults %.4f)",
+             {k: best[k] for k in keys}, metric, best[metric], default[metric])
+    return {**base, **{k: best[k] for k in keys}}, table

@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Package a trained model folder as a packaged model: candidate nets, thresholds, fp16 weights, card, metrics.
+
+Everything is chosen on the validation split of the training config's data spec, never on anything else:
+
+1. candidates: the net ``wsi-weakseg train`` shipped (best single (net, epoch) by validation AJI) and, when
+   ``--epochs-dir`` holds both nets of every epoch (``e<NN>.pt`` = ``{"epoch", "nets": {"a", "b"}}``), each
+   net's weights averaged over the epochs from ``--average-from`` on (stochastic weight averaging over the
+   low-learning-rate epochs; batch-norm statistics averaged too); each is validated with the run's thresholds;
+2. the best candidate's post-processing thresholds are tuned on a grid (foreground, centre, minimum area,
+   peak radius; the current values always in it);
+3. it is written with float16 weights into ``--out`` with the card's name, description, licence, thresholds,
+   training summary (data sources relative to the data root) and validation metrics of the written weights:
+   at the working pixel size (as in training) and, through ``wsi-weakseg evaluate``'s model mode, at each
+   image's own resolution — MoNuSeg AJI/Dice_obj/PQ, CRC detection F1 within 6 px at 20x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsi_weakseg.evaluate import evaluate_model
+from wsi_weakseg.model.card import export_model, load_model
+from wsi_weakseg.train.config import load_config
+from wsi_weakseg.train.dataset import build_eval_items
+from wsi_weakseg.train.tune import tune_thresholds
+from wsi_weakseg.train.validate import validate
+from wsi_weakseg.weak.spec import load_spec
+
+log = logging.getLogger("package_model")
+
+LICENSE = (
+    "CC BY-NC-SA 4.0: trained on MoNuSeg (CC BY-NC-SA 4.0) and CRCHistoPhenotypes (research use) point "
+    "annotations, so the weights are for non-commercial research use only, shared alike"
+)
+
+
+def averaged(files: list[Path], net: str) -> dict[str, torch.Tensor]:
+    """Mean of one net's state over several epochs (integer buffers from the last epoch)."""
+    states = [torch.load(f, map_location="cpu", weights_only=False)["nets"][net] for f in files]
+    out = {}
+    for k, v in states[-1].items():
+        out[k] = torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+    return out
+
+
+def relative_sources(training: dict) -> dict:
+    """Training summary with local data paths cut to what follows the data root (no machine paths in a card)."""
+    text = json.dumps(training)
+    text = re.sub(r'"(?:[^"]*/)?shared/data/([^"]*)"', r'"\1"', text)
+    return json.loads(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, type=Path, help="model folder written by wsi-weakseg train")
+    ap.add_argument("--config", required=True, help="the training config (its data spec gives the validation split)")
+    ap.add_argument("--epochs-dir", type=Path, help="folder of per-epoch nets e<NN>.pt for weight averaging")
+    ap.add_argument("--average-from", type=int, help="first epoch (0-based) averaged (default: the lr step)")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--description", required=True)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--report", type=Path, help="write the whole report as JSON here")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    cfg = load_config(args.config)
+    run = load_model(args.run)
+    card = run.card
+    spec = load_spec(cfg["data"]["spec"])
+    val_items = build_eval_items(spec.split(cfg["data"]["validation_split"]), card.mpp)
+    radius = float(cfg["data"]["radius_um"])
+
+    candidates = {"shipped-by-train": run.net.state_dict()}
+    if args.epochs_dir:
+        start = args.average_from if args.average_from is not None else int(cfg["optim"]["lr_step_epochs"])
+        files = sorted(f for f in args.epochs_dir.glob("e*.pt") if int(f.stem[1:]) >= start)
+        if len(files) >= 2:
+            for net in ("a", "b"):
+                candidates[f"swa-{net}-e{start}-{int(files[-1].stem[1:])}"] = averaged(files, net)
+    scores = {}
+    for name, state in candidates.items():
+        run.net.load_state_dict(state)
+        scores[name] = validate(run.net, card, val_items, radius)["mean"]
+        log.info("candidate %s: %s", name, json.dumps({k: round(v, 4) for k, v in scores[name].items()}))
+    chosen = max(scores, key=lambda n: scores[n]["aji"])
+    run.net.load_state_dict(candidates[chosen])
+    thresholds, grid = tune_thresholds(
+        run.net, card, val_items, "aji", radius, min_area_um2=(3.0, 6.0, 10.0), peak_radius_um=(1.5, 2.0, 3.0)
+    )
+    training = relative_sources(dict(card.training or {}))
+    training["packaging"] = {
+        "candidates": scores, "chosen": chosen, "weights": "float16",
+        "thresholds_tuning": {"metric": "aji", "chosen": thresholds, "grid": grid},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    export_model(args.run, args.out, state=candidates[chosen], name=args.name, description=args.description,
+                 license=LICENSE, thresholds=thresholds, training=training)
+    shipped = load_model(args.out)
+    working = validate(shipped.net, shipped.card, val_items, radius)
+    native = evaluate_model(spec, model=shipped, split="validation", device="cpu")
+    native_6px = evaluate_model(spec, model=shipped, split="validation", device="cpu", radius_px=6.0)
+
+    def mean(report: dict, prefix: str, keys: tuple[str, ...]) -> dict:
+        rows = [r for r in report["images"] if r["name"].startswith(prefix)]
+        return {k: float(np.mean([r[k] for r in rows if r.get(k) is not None])) for k in keys} | {"n": len(rows)}
+
+    metrics = {
+        "split": "validation (configs/data/points-monuseg-crc.yaml)",
+        "working_mpp": working["mean"],
+        "native": {
+            "monuseg": mean(native, "TCGA", ("aji", "object_dice", "pq", "pixel_f1", "f1")),
+            "crc_f1_6px": mean(native_6px, "img", ("precision", "recall", "f1")),
+            "crc_f1_3um": mean(native, "img", ("precision", "recall", "f1")),
+        },
+        "images": native["images"],
+    }
+    export_model(args.out, args.out, half=True, metrics=metrics)  # the card's metrics are those of these weights
+    final = load_model(args.out)
+    assert torch.equal(next(iter(final.net.state_dict().values())), next(iter(shipped.net.state_dict().values())))
+    report = {"chosen": chosen, "candidates": scores, "thresholds": thresholds, "metrics": metrics,
+              "weights_mb": round((args.out / "weights.pt").stat().st_size / 2**20, 2), "sha256": final.sha256}
+    print(json.dumps({k: v for k, v in report.items() if k != "metrics"} | {"native": metrics["native"]}, indent=2))
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
