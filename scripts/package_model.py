@@ -8,7 +8,8 @@ Everything is chosen on the validation split of the training config's data spec,
    net's weights averaged over the epochs from ``--average-from`` on (stochastic weight averaging over the
    low-learning-rate epochs; batch-norm statistics averaged too); each is validated with the run's thresholds;
 2. the best candidate's post-processing thresholds are tuned on a grid (foreground, centre, minimum area,
-   peak radius; the current values always in it);
+   peak radius; the current values always in it) for ``--tune-metric`` (default: the mean of the AJI on the
+   items with label maps and the detection F1 on the points-only items, so both datasets count);
 3. it is written with float16 weights into ``--out`` with the card's name, description, licence, thresholds,
    training summary (data sources relative to the data root) and validation metrics of the written weights:
    at the working pixel size (as in training) and, through ``wsi-weakseg evaluate``'s model mode, at each
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--description", required=True)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--tune-metric", default="aji+f1", choices=("aji", "f1", "aji+f1"),
+                    help="threshold tuning objective (default: mean of MoNuSeg AJI and CRC detection F1)")
     ap.add_argument("--report", type=Path, help="write the whole report as JSON here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -93,12 +96,13 @@ def main() -> None:
     chosen = max(scores, key=lambda n: scores[n]["aji"])
     run.net.load_state_dict(candidates[chosen])
     thresholds, grid = tune_thresholds(
-        run.net, card, val_items, "aji", radius, min_area_um2=(3.0, 6.0, 10.0), peak_radius_um=(1.5, 2.0, 3.0)
+        run.net, card, val_items, args.tune_metric, radius,
+        min_area_um2=(3.0, 6.0, 10.0, 14.0), peak_radius_um=(1.5, 2.0, 3.0),
     )
     training = relative_sources(dict(card.training or {}))
     training["packaging"] = {
         "candidates": scores, "chosen": chosen, "weights": "float16",
-        "thresholds_tuning": {"metric": "aji", "chosen": thresholds, "grid": grid},
+        "thresholds_tuning": {"metric": args.tune_metric, "chosen": thresholds, "grid": grid},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     export_model(args.run, args.out, state=candidates[chosen], name=args.name, description=args.description,

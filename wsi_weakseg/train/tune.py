@@ -40,7 +40,10 @@ def tune_thresholds(
     min_area_um2: Sequence[float] = (),
     peak_radius_um: Sequence[float] = (),
 ) -> tuple[dict, list[dict]]:
-    """Best post-processing thresholds by mean validation ``metric`` ("aji" or "f1").
+    """Best post-processing thresholds by mean validation ``metric``.
+
+    ``"aji"`` averages over the items with label maps, ``"f1"`` (detection) over all items, ``"aji+f1"`` is the
+    mean of the AJI over items with label maps and the F1 over points-only items (both kinds of data count).
 
     Parameters
     ----------
@@ -65,14 +68,15 @@ def tune_thresholds(
     for setting in itertools.product(*axes):
         trial = dataclasses.replace(card, thresholds={**base, **dict(zip(keys, setting))})
         params = params_from_card(trial, card.mpp)
-        scores = []
+        aji, f1 = [], []
         for it, m in zip(items, maps):
             labels = label_image(m, params)
-            if metric == "aji" and it.labels is not None:
-                scores.append(evaluate_instances(labels, it.labels, radius_px=radius_px)["aji"])
-            elif metric == "f1":
-                scores.append(evaluate_points(labels, it.points_rc, radius_px=radius_px)["f1"])
-        table.append({**dict(zip(keys, setting)), metric: float(np.mean(scores)) if scores else float("nan")})
+            if metric in ("aji", "aji+f1") and it.labels is not None:
+                aji.append(evaluate_instances(labels, it.labels, radius_px=radius_px)["aji"])
+            elif metric == "f1" or (metric == "aji+f1" and it.labels is None):
+                f1.append(evaluate_points(labels, it.points_rc, radius_px=radius_px)["f1"])
+        parts = [float(np.mean(v)) for v in (aji, f1) if v]
+        table.append({**dict(zip(keys, setting)), metric: float(np.mean(parts)) if parts else float("nan")})
     is_base = {id(r): all(r[k] == base[k] for k in keys) for r in table}
     best = max(table, key=lambda r: (r[metric], is_base[id(r)]))
     default = next(r for r in table if is_base[id(r)])
