@@ -7,8 +7,8 @@ Everything is chosen on the validation split of the training config's data spec,
    ``--epochs-dir`` holds both nets of every epoch (``e<NN>.pt`` = ``{"epoch", "nets": {"a", "b"}}``), each
    net's weights averaged over the epochs from ``--average-from`` on (stochastic weight averaging over the
    low-learning-rate epochs; batch-norm statistics averaged too); each is validated with the run's thresholds;
-2. the best candidate's post-processing thresholds are tuned on a grid (foreground, centre, minimum area,
-   peak radius; the current values always in it) for ``--tune-metric`` (default: the mean of the AJI on the
+2. the best candidate's post-processing thresholds are tuned coordinate-wise on two grids (foreground x
+   centre, then minimum area x peak radius; the current values always in them) for ``--tune-metric`` (default: the mean of the AJI on the
    items with label maps and the detection F1 on the points-only items, so both datasets count);
 3. it is written with float16 weights into ``--out`` with the card's name, description, licence, thresholds,
    training summary (data sources relative to the data root) and validation metrics of the written weights:
@@ -19,6 +19,7 @@ Everything is chosen on the validation split of the training config's data spec,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -95,10 +96,13 @@ def main() -> None:
         log.info("candidate %s: %s", name, json.dumps({k: round(v, 4) for k, v in scores[name].items()}))
     chosen = max(scores, key=lambda n: scores[n]["aji"])
     run.net.load_state_dict(candidates[chosen])
-    thresholds, grid = tune_thresholds(
-        run.net, card, val_items, args.tune_metric, radius,
-        min_area_um2=(3.0, 6.0, 10.0, 14.0), peak_radius_um=(1.5, 2.0, 3.0),
+    # coordinate-wise: foreground x centre first, then minimum area x peak radius at the best of those
+    stage1, grid1 = tune_thresholds(run.net, card, val_items, args.tune_metric, radius)
+    thresholds, grid2 = tune_thresholds(
+        run.net, dataclasses.replace(card, thresholds=stage1), val_items, args.tune_metric, radius,
+        foreground=(), centre=(), min_area_um2=(3.0, 6.0, 10.0, 14.0), peak_radius_um=(1.5, 2.0, 3.0),
     )
+    grid = grid1 + grid2
     training = relative_sources(dict(card.training or {}))
     training["packaging"] = {
         "candidates": scores, "chosen": chosen, "weights": "float16",
