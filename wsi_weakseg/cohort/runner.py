@@ -201,11 +201,12 @@ def run_cohort(
         else:
             todo.append((job, 1))
     log.info("cohort: %d slides, %d already done, %d to run", len(jobs), len(final), len(todo))
-    del loaded
+    sha = loaded.sha256
+    del loaded  # the driver needs only its identity; workers load their own copy
     try:
         if todo:
             with _connect(co, opts.device) as (client, threads, device, resources):
-                _run(client, todo, out, model_ref, opts, co, identities, ledger, final, threads, device, resources)
+                _run(client, todo, out, (model_ref, sha), opts, co, identities, ledger, final, threads, device, resources)
     finally:
         ledger.close()
     rows = [final[j.slide_id] for j in jobs]
@@ -218,7 +219,8 @@ def _model_ref(model: str | os.PathLike) -> str:
     return folder.name if folder.parent == PACKAGED.resolve() else str(folder)
 
 
-def _run(client, todo, out, model_ref, opts, co, identities, ledger, final, threads, device, resources) -> None:
+def _run(client, todo, out, model, opts, co, identities, ledger, final, threads, device, resources) -> None:
+    """Submit ``todo`` with at most ``limit`` in flight; record each result; resubmit transient failures."""
     from distributed import as_completed
 
     from ..engine.progress import progress_bar
@@ -234,7 +236,6 @@ def _run(client, todo, out, model_ref, opts, co, identities, ledger, final, thre
     limit = co.max_in_flight or 2 * slots
     if limit < 1:
         raise CohortInputError(f"--max-in-flight must be >= 1, got {limit}")
-    sha = identities and next(iter(identities.values()))["inputs"]["model_sha256"]
     in_flight: dict[str, tuple[SlideJob, int]] = {}
     pending = as_completed()
 
@@ -242,7 +243,7 @@ def _run(client, todo, out, model_ref, opts, co, identities, ledger, final, thre
         while todo and len(in_flight) < limit:
             job, attempt = todo.popleft()
             fut = client.submit(
-                process_slide, job, str(out), model_ref, sha, opts, identities[job.slide_id], threads, device,
+                process_slide, job, str(out), *model, opts, identities[job.slide_id], threads, device,
                 key=f"slide-{job.slide_id}-{ledger.run_id}-{attempt}", pure=False, resources=resources,
             )
             in_flight[fut.key] = (job, attempt)
