@@ -3,10 +3,11 @@
 
 Everything is chosen on the validation split of the training config's data spec, never on anything else:
 
-1. candidates: the net ``wsi-weakseg train`` shipped (best single (net, epoch) by validation AJI) and, when
-   ``--epochs-dir`` holds both nets of every epoch (``e<NN>.pt`` = ``{"epoch", "nets": {"a", "b"}}``), each
-   net's weights averaged over the epochs from ``--average-from`` on (stochastic weight averaging over the
-   low-learning-rate epochs; batch-norm statistics averaged too); each is validated with the run's thresholds;
+1. candidates: the net ``wsi-weakseg train`` shipped (best single (net, epoch) by validation AJI at the
+   default thresholds) and, from ``--epochs-dir`` (both nets of every epoch, ``e<NN>.pt`` =
+   ``{"epoch", "nets": {"a", "b"}}``), chosen single epochs (``--single 13b``) and weights averaged over a
+   span of epochs (``--swa a:5-13``; batch-norm statistics averaged too); each is scored with its own best
+   foreground/centre thresholds on a small grid, and the best one is kept, its context re-measured;
 2. the best candidate's post-processing thresholds are tuned coordinate-wise on two grids (foreground x
    centre, then minimum area x peak radius; the current values always in them) for ``--tune-metric`` (default: the mean of the AJI on the
    items with label maps and the detection F1 on the points-only items, so both datasets count);
@@ -37,6 +38,7 @@ from wsi_weakseg.train.validate import validate
 from wsi_weakseg.weak.spec import load_spec
 
 log = logging.getLogger("package_model")
+REPO = Path(__file__).resolve().parents[1]
 
 LICENSE = (
     "CC BY-NC-SA 4.0: trained on MoNuSeg (CC BY-NC-SA 4.0) and CRCHistoPhenotypes (research use) point "
@@ -53,10 +55,21 @@ def averaged(files: list[Path], net: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def relative_sources(training: dict) -> dict:
-    """Training summary with local data paths cut to what follows the data root (no machine paths in a card)."""
+def measure_context_of(net: torch.nn.Module, card, items) -> int:
+    """The context (px) at which tiled maps equal whole-image maps within 0.01, as ``train`` measures it."""
+    from wsi_weakseg.engine.inference import Predictor
+    from wsi_weakseg.model.context import measure_context
+
+    usable = [it.image for it in items if min(it.image.shape[:2]) >= 256][:2]
+    return measure_context(Predictor(net, card, "cpu"), usable, tile=128)[0]
+
+
+def relative_sources(training):
+    """Training summary without machine paths: data paths cut to what follows the data root, repository paths
+    made relative to the repository."""
     text = json.dumps(training)
     text = re.sub(r'"(?:[^"]*/)?shared/data/([^"]*)"', r'"\1"', text)
+    text = text.replace(json.dumps(str(REPO))[1:-1] + "/", "")
     return json.loads(text)
 
 
@@ -64,8 +77,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path, help="model folder written by wsi-weakseg train")
     ap.add_argument("--config", required=True, help="the training config (its data spec gives the validation split)")
-    ap.add_argument("--epochs-dir", type=Path, help="folder of per-epoch nets e<NN>.pt for weight averaging")
-    ap.add_argument("--average-from", type=int, help="first epoch (0-based) averaged (default: the lr step)")
+    ap.add_argument("--epochs-dir", type=Path, help="folder of per-epoch nets e<NN>.pt = {epoch, nets: {a, b}}")
+    ap.add_argument("--single", nargs="*", default=[], help="per-epoch candidates, e.g. 13b (epoch index, net)")
+    ap.add_argument("--swa", nargs="*", default=[], help="weight-averaged candidates, e.g. a:5-13")
     ap.add_argument("--name", required=True)
     ap.add_argument("--description", required=True)
     ap.add_argument("--out", required=True, type=Path)
@@ -83,21 +97,33 @@ def main() -> None:
     radius = float(cfg["data"]["radius_um"])
 
     candidates = {"shipped-by-train": run.net.state_dict()}
-    if args.epochs_dir:
-        start = args.average_from if args.average_from is not None else int(cfg["optim"]["lr_step_epochs"])
-        files = sorted(f for f in args.epochs_dir.glob("e*.pt") if int(f.stem[1:]) >= start)
-        if len(files) >= 2:
-            for net in ("a", "b"):
-                candidates[f"swa-{net}-e{start}-{int(files[-1].stem[1:])}"] = averaged(files, net)
+    for spec_ in args.single:  # e.g. 13b: net b after epoch index 13
+        epoch, net = int(spec_[:-1]), spec_[-1]
+        candidates[f"e{epoch:02d}{net}"] = torch.load(
+            args.epochs_dir / f"e{epoch:02d}.pt", map_location="cpu", weights_only=False)["nets"][net]
+    for spec_ in args.swa:  # e.g. a:5-13: net a averaged over epoch indices 5..13
+        net, span = spec_.split(":")
+        lo, hi = (int(v) for v in span.split("-"))
+        files = [args.epochs_dir / f"e{e:02d}.pt" for e in range(lo, hi + 1)]
+        candidates[f"swa-{net}-e{lo:02d}-{hi:02d}"] = averaged(files, net)
     scores = {}
     for name, state in candidates.items():
+        # each candidate with its own best foreground/centre, so a net that is merely less confident at
+        # nucleus borders is not mistaken for a worse one
         run.net.load_state_dict(state)
-        scores[name] = validate(run.net, card, val_items, radius)["mean"]
-        log.info("candidate %s: %s", name, json.dumps({k: round(v, 4) for k, v in scores[name].items()}))
-    chosen = max(scores, key=lambda n: scores[n]["aji"])
+        t, grid = tune_thresholds(run.net, card, val_items, args.tune_metric, radius,
+                                  foreground=(0.25, 0.35, 0.5), centre=(0.2, 0.3, 0.4))
+        base = next(r for r in grid if r["foreground"] == card.thresholds["foreground"]
+                    and r["centre"] == card.thresholds["centre"])
+        scores[name] = {"tuned": max(r[args.tune_metric] for r in grid), "card_thresholds": base[args.tune_metric],
+                        "foreground": t["foreground"], "centre": t["centre"]}
+        log.info("candidate %s: %s", name, json.dumps(scores[name]))
+    chosen = max(scores, key=lambda n: scores[n]["tuned"])
     run.net.load_state_dict(candidates[chosen])
+    card = dataclasses.replace(card, context_px=measure_context_of(run.net, card, val_items))
     # coordinate-wise: foreground x centre first, then minimum area x peak radius at the best of those
-    stage1, grid1 = tune_thresholds(run.net, card, val_items, args.tune_metric, radius)
+    stage1, grid1 = tune_thresholds(run.net, card, val_items, args.tune_metric, radius,
+                                    foreground=(0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6))
     thresholds, grid2 = tune_thresholds(
         run.net, dataclasses.replace(card, thresholds=stage1), val_items, args.tune_metric, radius,
         foreground=(), centre=(), min_area_um2=(3.0, 6.0, 10.0, 14.0), peak_radius_um=(1.5, 2.0, 3.0),
@@ -110,7 +136,7 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     export_model(args.run, args.out, state=candidates[chosen], name=args.name, description=args.description,
-                 license=LICENSE, thresholds=thresholds, training=training)
+                 license=LICENSE, thresholds=thresholds, training=training, context_px=card.context_px)
     shipped = load_model(args.out)
     working = validate(shipped.net, shipped.card, val_items, radius)
     native = evaluate_model(spec, model=shipped, split="validation", device="cpu")
@@ -128,7 +154,7 @@ def main() -> None:
             "crc_f1_6px": mean(native_6px, "img", ("precision", "recall", "f1")),
             "crc_f1_3um": mean(native, "img", ("precision", "recall", "f1")),
         },
-        "images": native["images"],
+        "images": relative_sources(native["images"]),
     }
     export_model(args.out, args.out, half=True, metrics=metrics)  # the card's metrics are those of these weights
     final = load_model(args.out)

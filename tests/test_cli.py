@@ -13,6 +13,7 @@ import pytest
 
 from wsi_weakseg import cli
 from wsi_weakseg.demo import synthetic_he
+from wsi_weakseg.model.card import DEFAULT_MODEL
 from wsi_weakseg.slide.testing import write_pyramid_tiff
 
 MPP = 0.5
@@ -69,7 +70,7 @@ def test_run_json_provenance(first_run):
     for key in ("config", "versions", "model", "device", "timings_s", "nuclei", "tissue"):
         assert key in run_json, key
     assert len(run_json["model"]["sha256"]) == 64
-    assert run_json["model"]["name"] == "hematoxylin-baseline"
+    assert run_json["model"]["name"] == DEFAULT_MODEL and run_json["model"]["trained"] is True
     assert run_json["device"] == "cpu"
     assert run_json["config"]["tile_size"] == 512
     assert run_json["versions"]["numpy"] == np.__version__
@@ -125,7 +126,8 @@ def test_info_json(capsys, slide):
 def test_models_lists_default(capsys):
     code, out, err = run(capsys, "models")
     assert code == 0, err
-    assert "hematoxylin-baseline (default)" in out
+    assert "nuclei-points-v1 (default)" in out and "hematoxylin-baseline: " in out and "UNTRAINED" in out
+    assert "licence: CC BY-NC-SA 4.0" in out
 
 
 def test_subprocess_info_and_version(slide, tmp_path):

@@ -13,6 +13,7 @@ from wsi_weakseg.cli import main
 from wsi_weakseg.cli_evaluate import format_table
 from wsi_weakseg.evaluate import instance_centroids
 from wsi_weakseg.evaluate.run import DETECTION_METRICS, MASK_METRICS, evaluate_files, evaluate_model
+from wsi_weakseg.model.card import DEFAULT_MODEL
 
 
 def _example(tmp_path: Path) -> tuple[Path, Path]:
@@ -98,7 +99,7 @@ def test_bad_radius_is_a_usage_error(tmp_path, capsys):
 
 
 def test_model_mode_on_a_synthetic_image(tmp_path, capsys):
-    """Dark discs on pink at 0.5 µm/px: the baseline finds them; the CLI prints what the library returns."""
+    """Dark discs on pink at 0.5 µm/px: the default model finds them; the CLI prints what the library returns."""
     rng = np.random.default_rng(1)
     h, w = 160, 192
     yy, xx = np.mgrid[0:h, 0:w]
@@ -127,7 +128,7 @@ def test_model_mode_on_a_synthetic_image(tmp_path, capsys):
     with_labels, points_only = report["images"]
     assert with_labels["f1"] == points_only["f1"] == 1.0 and with_labels["n_gt"] == len(centres)
     assert with_labels["aji"] > 0.6 and points_only["aji"] is None
-    assert "model hematoxylin-baseline on split test" in format_table(report).splitlines()[-3]
+    assert f"model {DEFAULT_MODEL} on split test" in format_table(report).splitlines()[-3]
 
 
 def test_monuseg_labels_against_themselves_score_1(shared_data: Path, tmp_path: Path, capsys):

@@ -103,7 +103,7 @@ def test_label_image_equals_the_blockwise_merge(mosaic: Path, runs):
     from wsi_weakseg.model.card import load_model
     from wsi_weakseg.slide import WorkingView, open_slide
 
-    model = load_model()
+    model = load_model(BASELINE_MODEL)
     with open_slide(mosaic) as slide:
         view = WorkingView(slide, model.card.mpp)
         rgb = view.read(0, 0, *view.shape)

@@ -123,8 +123,8 @@ def test_bad_cards_are_rejected(tmp_path, patch, match):
 
 
 def test_packaged_models():
-    assert DEFAULT_MODEL in available_models()
-    card = load_model(DEFAULT_MODEL).card
+    assert DEFAULT_MODEL in available_models() and BASELINE_MODEL in available_models()
+    card = load_model(BASELINE_MODEL).card
     assert card.trained is False and "UNTRAINED" in card.description
     with pytest.raises(ModelCardError, match="packaged models"):
         load_model("no-such-model")

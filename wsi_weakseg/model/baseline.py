@@ -3,8 +3,8 @@
 It maps an RGB tile to the same two maps as the trained network (nucleus foreground probability and a
 nucleus-centre heatmap) by colour deconvolution (Ruifrok & Johnston's fixed H&E matrix, as in
 ``skimage.color.rgb2hed``), a Gaussian-smoothed hematoxylin threshold and a Gaussian blur of the
-foreground. It has no parameters to learn and is not a trained model: it serves as the demo model until a
-trained default ships, and as the deterministic stub of the tiling tests.
+foreground. It has no parameters to learn and is not a trained model: it is the deterministic stub of the
+tiling tests and a classical point of comparison (the default model is the trained ``nuclei-points-v1``).
 
 Every operation is a table look-up or an element-wise multiply/add over array slices in a fixed order, so
 each output pixel is bit-for-bit a function of the input pixels within :attr:`receptive_radius` of it,

@@ -28,8 +28,8 @@ CARD_NAME = "card.json"
 PACKAGED = Path(__file__).resolve().parents[1] / "models"
 #: The untrained, exactly local colour-deconvolution model (tests' stub, classical comparison).
 BASELINE_MODEL = "hematoxylin-baseline"
-#: The model ``segment`` uses when none is given.
-DEFAULT_MODEL = "hematoxylin-baseline"
+#: The model ``segment`` uses when none is given: trained from point clicks only (issue 4, docs/training.md).
+DEFAULT_MODEL = "nuclei-points-v1"
 HEADS = ("foreground", "centre")
 
 DEFAULT_THRESHOLDS = {
