@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from distributed import get_task_stream
 
 from wsi_weakseg.cohort import CohortOptions, find_slides, run_cohort
 from wsi_weakseg.engine.segment import SegmentOptions, segment
@@ -74,7 +75,12 @@ def test_cohort_on_running_cluster_matches_segment_and_resumes(dask_cluster, coh
     assert [j.slide_id for j in jobs] == ["bad", *GOOD]
     out = tmp_path / "out"
     co = CohortOptions(scheduler_file=str(dask_cluster.scheduler_file), progress=False)
-    summary = run_cohort(jobs, out, MODEL, OPTS, co)
+    with dask_cluster.client() as observer, get_task_stream(client=observer) as stream:
+        summary = run_cohort(jobs, out, MODEL, OPTS, co)
+    # one task per slide and nothing else: a slide's own dask work (merge blocks, pyramid) stays in its worker
+    keys = {str(t["key"]) for t in stream.data}
+    assert all(k.startswith("slide-") for k in keys), sorted(keys)[:5]
+    assert sorted({k.split("-")[1] for k in keys}) == sorted(["bad", *GOOD])
 
     assert summary.exit_code == 1
     assert last_status(summary.rows) == {"bad": "failed", **{s: "done" for s in GOOD}}

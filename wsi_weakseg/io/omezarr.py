@@ -246,7 +246,9 @@ class OmeZarrWriter:
                     fill_value=0,
                     overwrite=True,
                 )
-                da.store(_mean2x2(source).rechunk(target.chunks), target, lock=False)
+                # the threaded scheduler explicitly: inside a cohort's Dask worker the default would be the
+                # cluster, sending each slide's pyramid out as tasks that wait for the worker they block
+                da.store(_mean2x2(source).rechunk(target.chunks), target, lock=False, scheduler="threads")
                 previous = target
             for label, level0 in self.labels.items():
                 group = self.root["labels"][label]
@@ -262,7 +264,8 @@ class OmeZarrWriter:
                         fill_value=0,
                         overwrite=True,
                     )
-                    da.store(da.from_zarr(previous)[::2, ::2].rechunk(target.chunks), target, lock=False)
+                    da.store(da.from_zarr(previous)[::2, ::2].rechunk(target.chunks), target, lock=False,
+                             scheduler="threads")
                     previous = target
             self._write_metadata(len(shapes))
         except OSError as exc:
