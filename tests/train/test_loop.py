@@ -92,3 +92,20 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
     cfg = _cfg(epochs=1)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run(cfg, _recipe(cfg), tmp_path, resume=True)
+
+
+def test_keep_epoch_nets_saves_both_nets_of_every_epoch(tmp_path):
+    cfg = _cfg(epochs=2)
+    cfg["optim"]["keep_epoch_nets"] = True
+    recipe = _recipe(cfg)
+    run(cfg, recipe, tmp_path, max_steps=1)
+    files = sorted((tmp_path / "epochs").glob("e*.pt"))
+    assert [f.name for f in files] == ["e00.pt", "e01.pt"]
+    last = torch.load(files[-1], weights_only=False)
+    assert last["epoch"] == 1 and set(last["nets"]) == {"a", "b"}
+    for k in ("a", "b"):  # the last file holds the final weights of both segmentation nets
+        net = recipe.nets[k]
+        for name, p in net.state_dict().items():
+            assert torch.equal(p, last["nets"][k][name])
+    first = torch.load(files[0], weights_only=False)
+    assert not all(torch.equal(first["nets"]["a"][n], last["nets"]["a"][n]) for n in first["nets"]["a"])

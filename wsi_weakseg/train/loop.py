@@ -64,6 +64,11 @@ def _batch(rng: np.random.Generator, recipe: PointsRecipe, indices: Sequence[int
     return out
 
 
+#: Folder (in the work dir) of every epoch's nets when ``optim.keep_epoch_nets`` is set: ``e<NN>.pt`` =
+#: ``{"epoch", "nets": {"a": state_dict, "b": state_dict}}`` (what ``scripts/package_model.py`` reads).
+EPOCHS_DIR = "epochs"
+
+
 def _save(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -159,6 +164,10 @@ def run(
             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(), "config": dict(cfg),
         })
+        if cfg["optim"].get("keep_epoch_nets"):  # for weight averaging / choosing another epoch afterwards
+            (work_dir / EPOCHS_DIR).mkdir(exist_ok=True)
+            _save(work_dir / EPOCHS_DIR / f"e{epoch:02d}.pt",
+                  {"epoch": epoch, "nets": {k: recipe.nets[k].state_dict() for k in ("a", "b")}})
         log.info("epoch %d/%d: loss %.4f", epoch + 1, n_epochs, record["loss"])
     recipe.train(False)
     return history
