@@ -25,7 +25,7 @@ from ..engine.segment import SegmentOptions
 from ..errors import CohortInputError, OutputError
 from ..model.card import DEFAULT_MODEL, PACKAGED, load_model, resolve_model_dir
 from .inputs import SlideJob
-from .task import expected_identity, process_slide, read_done, result_row
+from .task import expected_identity, process_slide, read_done, result_row, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def local_cluster_size(n_workers: int | None, device: str = "auto") -> tuple[int
     """
     import psutil
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     gpus = 0
     if device == "auto" or device.startswith("cuda"):
         import torch

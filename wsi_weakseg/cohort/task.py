@@ -20,7 +20,7 @@ import socket
 import time
 import traceback
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,11 @@ def process_slide(
     return row
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _worker():
     try:
         from distributed import get_worker
@@ -188,8 +193,7 @@ def _set_threads(torch_threads: int | dict | None) -> None:
         worker = _worker()
         host = worker.address.split("://")[-1].rsplit(":", 1)[0] if worker is not None else None
         slots = torch_threads.get("slots", {}).get(host)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = max(1, cores // slots) if slots else None
+        n = max(1, usable_cores() // slots) if slots else None
     if n:
         import torch
 
@@ -210,8 +214,3 @@ def result_row(job: SlideJob, done: dict[str, Any]) -> dict[str, Any]:
     result = done.get("result") or {}
     return {"slide_id": job.slide_id, "path": str(job.path), "status": "skipped", "duration_s": 0.0,
             **{k: result.get(k) for k in ("nuclei", "tissue_area_mm2", "nuclei_per_mm2")}}
-
-
-def options_dict(options: SegmentOptions) -> dict[str, Any]:
-    """The options as plain data (for the ledger header)."""
-    return asdict(options)
