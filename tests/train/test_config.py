@@ -36,6 +36,12 @@ def test_user_file_layers_over_defaults_and_resolves_spec(tmp_path):
         ({"data": {"metric": "dice"}}, "data.metric"),
         ({"data": {"crop": 100, "patch": 128}}, "data.crop"),
         ({"recipe": "scribbles"}, "unknown recipe"),
+        ({"optim": {"lr_schedule": "linear"}}, "optim.lr_schedule"),
+        ({"points": {"ramp_epochs": 0}}, "points.ramp_epochs"),
+        ({"points": {"cluster_colour": "hsv"}}, "points.cluster_colour"),
+        ({"points": {"cluster_ring_um": -1}}, "points.cluster_ring_um"),
+        ({"augment": {"stain": 1.0}}, "augment.stain"),
+        ({"augment": {"stain": "strong"}}, "augment.stain"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, user, match):

@@ -43,3 +43,26 @@ def test_ema_update():
     p = ema_update(p, torch.tensor([0.0]), 0.5)
     p = ema_update(p, torch.tensor([0.0]), 0.5)
     assert float(p) == 0.25
+
+
+def test_ramps_and_cosine_lr_follow_the_epochs_run():
+    import torch
+
+    from wsi_weakseg.train.config import load_config
+    from wsi_weakseg.train.points_recipe import make_scheduler, ramp_length
+
+    cfg = load_config(overrides={"optim": {"epochs": 14}})
+    assert ramp_length(cfg) == 14
+    assert ramp_weights(13, ramp_length(cfg), 1.0, 0.1)[0] == (13 / 14) ** 2
+    assert ramp_length(load_config(overrides={"optim": {"epochs": 14}, "points": {"ramp_epochs": 28}})) == 28
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, {**cfg["optim"], "lr_schedule": "cosine", "epochs": 4})
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # cosine over 4 epochs: (1 + cos(pi k / 4)) / 2 for k = 0..3, hand-worked
+    assert lrs == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466], rel=1e-6)
+    step = make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), cfg["optim"])
+    assert isinstance(step, torch.optim.lr_scheduler.StepLR)

@@ -284,3 +284,18 @@ def test_cache_recovers_from_corrupt_entry(tmp_path):
     assert len(calls) == 2 and np.array_equal(out["x"], np.ones(3))
     assert cached_labels("digest", pts, {}, compute, tmp_path)["x"].tolist() == [1.0, 1.0, 1.0]
     assert len(calls) == 2
+
+
+def test_ignore_ring_hand_worked():
+    from wsi_weakseg.weak.clusters import ignore_ring
+
+    lab = np.zeros((7, 7), np.uint8)
+    lab[3, 3] = 1
+    lab[0, :] = 2
+    ring = ignore_ring(lab, 1.5)
+    expected = lab.copy()
+    expected[2:5, 2:5] = 2  # the 8 neighbours are within 1.5 px (diagonals at sqrt 2)
+    expected[3, 3] = 1
+    np.testing.assert_array_equal(ring, expected)
+    np.testing.assert_array_equal(ignore_ring(lab, 0.0), lab)
+    assert ignore_ring(np.zeros((3, 3), np.uint8), 2.0).sum() == 0  # no nucleus: nothing to ring

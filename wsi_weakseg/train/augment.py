@@ -1,7 +1,7 @@
 """Training-patch sampling and augmentation, applied identically to an image and its target maps.
 
-Crop, zoom (scale), flips, 90-degree rotations on image and targets together; colour jitter on the image
-only. Class-label maps (Voronoi, cluster: 0 background, 1 nucleus, 2 ignored) are resampled by nearest
+Crop, zoom (scale), flips, 90-degree rotations on image and targets together; HED stain augmentation and
+colour jitter on the image only. Class-label maps (Voronoi, cluster: 0 background, 1 nucleus, 2 ignored) are resampled by nearest
 neighbour, continuous maps (centre heatmap, pseudo labels) bilinearly.
 """
 
@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.color import hed_from_rgb, rgb_from_hed
+
+#: Shift of the HED stain augmentation per unit of ``stain``, in optical density (natural log): a typical
+#: hematoxylin pixel is 0.2-1.
+STAIN_SHIFT = 0.1
 
 
 @dataclass(frozen=True)
@@ -22,10 +27,27 @@ class AugmentParams:
     rotate90: bool = True
     scale: tuple[float, float] = (0.8, 1.25)
     color_jitter: float = 0.05
+    stain: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> AugmentParams:
-        return cls(bool(cfg["flip"]), bool(cfg["rotate90"]), tuple(cfg["scale"]), float(cfg["color_jitter"]))
+        return cls(bool(cfg["flip"]), bool(cfg["rotate90"]), tuple(cfg["scale"]), float(cfg["color_jitter"]),
+                   float(cfg.get("stain", 0.0)))
+
+
+def stain_augment(rgb: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Perturb the H, E and D optical densities of ``rgb`` (float, 0-255): ``od * scale + shift`` per channel.
+
+    Colour deconvolution with Ruifrok and Johnston's fixed H&E-DAB matrix (skimage's ``hed_from_rgb``), the
+    HED augmentation of Tellez et al. (2018): it simulates paler or darker hematoxylin and eosin than the
+    training slides have, which plain RGB jitter does not. Optical density is ``-ln((rgb + 1) / 256)`` and the
+    stain amounts are not clipped, so ``scale = 1, shift = 0`` returns ``rgb`` (to float precision). Returns
+    float 0-255.
+    """
+    od = -np.log((np.clip(rgb, 0, 255) + 1.0) / 256.0)
+    stains = od @ hed_from_rgb
+    stains = stains * np.asarray(scale, np.float64) + np.asarray(shift, np.float64)
+    return np.clip(256.0 * np.exp(-(stains @ rgb_from_hed)) - 1.0, 0.0, 255.0)
 
 
 def _resample(arr: np.ndarray, y0: float, x0: float, step: float, size: int, order: int) -> np.ndarray:
@@ -95,6 +117,10 @@ def sample_patch(
     else:
         img = _resample(image.astype(np.float32), y0, x0, step, size, order=1)
         out = {n: _resample(t, y0, x0, step, size, order=0 if n in nearest else 1) for n, t in targets.items()}
+    if params.stain > 0:  # drawn only when enabled: the random stream of runs without it is unchanged
+        st_scale = rng.uniform(1 - params.stain, 1 + params.stain, size=3)
+        st_shift = rng.uniform(-params.stain, params.stain, size=3) * STAIN_SHIFT
+        img = stain_augment(img, st_scale, st_shift)
     if params.color_jitter > 0:
         img = img * gain + bias
     img = np.clip(np.rint(img), 0, 255).astype(np.uint8)

@@ -80,6 +80,20 @@ def _check(cfg: dict[str, Any]) -> None:
         raise ConfigError("points.inference_net must be 'a', 'b' or 'best'")
     if not 0.0 < cfg["points"]["ema_weight"] <= 1.0:
         raise ConfigError("points.ema_weight must be in (0, 1]")
+    if cfg["optim"]["lr_schedule"] not in ("step", "cosine"):
+        raise ConfigError(f"optim.lr_schedule must be 'step' or 'cosine', got {cfg['optim']['lr_schedule']!r}")
+    if cfg["points"]["ramp_epochs"] is not None:
+        positive("points.ramp_epochs", integer=True)
+    if cfg["points"]["cluster_colour"] not in ("h", "rgb", "rgb+h"):
+        raise ConfigError(f"points.cluster_colour must be 'h', 'rgb' or 'rgb+h', got {cfg['points']['cluster_colour']!r}")
+    positive("points.cluster_colour_weight")
+    for p in ("points.cluster_ring_um", "augment.stain"):
+        section, key = p.split(".")
+        value = cfg[section][key]
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6):
+            raise ConfigError(f"config key {p!r} must be a number >= 0, got {value!r}")
+    if cfg["augment"]["stain"] >= 1:
+        raise ConfigError("augment.stain must be below 1 (it scales optical densities by U(1 - s, 1 + s))")
     lo, hi = cfg["augment"]["scale"]
     if not 0 < lo <= hi:
         raise ConfigError("augment.scale must be [low, high] with 0 < low <= high")

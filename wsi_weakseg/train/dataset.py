@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..weak.centres import centre_heatmap
-from ..weak.clusters import cluster_label
+from ..weak.clusters import cluster_label, ignore_ring
 from ..weak.stain import estimate_stain_matrix, hematoxylin
 from ..weak.voronoi import voronoi_label
 
@@ -171,8 +171,13 @@ def _read_label_map(path: Path) -> np.ndarray:
 def label_params(cfg: Mapping, mpp: float) -> dict:
     """Everything that changes the derived targets (the cache key's parameters)."""
     p = cfg["points"]
-    return {"mpp": round(mpp, 6), "point_radius_um": p["point_radius_um"], "cluster_distance_um": p["cluster_distance_um"],
-            "centre_sigma_um": p["centre_sigma_um"], "seed": cfg["seed"]}
+    out = {"mpp": round(mpp, 6), "point_radius_um": p["point_radius_um"], "cluster_distance_um": p["cluster_distance_um"],
+           "centre_sigma_um": p["centre_sigma_um"], "seed": cfg["seed"]}
+    cluster = {"cluster_colour": p["cluster_colour"], "cluster_colour_weight": p["cluster_colour_weight"],
+               "cluster_ring_um": p["cluster_ring_um"]}
+    if cluster != {"cluster_colour": "h", "cluster_colour_weight": 0.5, "cluster_ring_um": 0.0}:
+        out.update(cluster)  # only when set: the defaults keep the cache keys of models trained before them
+    return out
 
 
 def derive_targets(rgb: np.ndarray, points_rc: np.ndarray, annotated: np.ndarray, params: Mapping) -> dict[str, np.ndarray]:
@@ -186,7 +191,9 @@ def derive_targets(rgb: np.ndarray, points_rc: np.ndarray, annotated: np.ndarray
     stain = estimate_stain_matrix(rgb, seed=int(params["seed"]))
     h = hematoxylin(rgb, stain)
     vor = voronoi_label(points_rc, shape, point_radius=params["point_radius_um"] / mpp)
-    clu = cluster_label(rgb, points_rc, mpp=mpp, h=h, clip_um=params["cluster_distance_um"], seed=int(params["seed"]))
+    clu = cluster_label(rgb, points_rc, mpp=mpp, h=h, clip_um=params["cluster_distance_um"], seed=int(params["seed"]),
+                        colour=params.get("cluster_colour", "h"), colour_weight=params.get("cluster_colour_weight", 0.5))
+    clu = ignore_ring(clu, params.get("cluster_ring_um", 0.0) / mpp)
     centre = centre_heatmap(points_rc, shape, sigma=params["centre_sigma_um"] / mpp)
     outside = annotated == 0
     vor[outside] = IGNORE

@@ -71,6 +71,22 @@ def to_tensor(images: np.ndarray, normalization: Mapping[str, Sequence[float]], 
     return (x - mean) / std
 
 
+def ramp_length(cfg: Mapping) -> int:
+    """``Nmax`` of the co-training / colorization ramps: ``points.ramp_epochs``, else the epochs run."""
+    return int(cfg["points"]["ramp_epochs"] or cfg["optim"]["epochs"])
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Mapping) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch lr schedule: the paper's step decay, or cosine annealing to 0 over ``optim.epochs``.
+
+    The cosine schedule follows the epochs actually run, so a shorter run still ends at a small lr
+    (the step schedule never decays when ``epochs <= lr_step_epochs``).
+    """
+    if optim_cfg["lr_schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(optim_cfg["epochs"]))
+    return torch.optim.lr_scheduler.StepLR(optimizer, optim_cfg["lr_step_epochs"], optim_cfg["lr_gamma"])
+
+
 class PointsRecipe:
     """Losses, pseudo labels and optimiser of the points recipe.
 
@@ -97,7 +113,7 @@ class PointsRecipe:
         params = [p for net in self.nets.values() for p in net.parameters()]
         o = cfg["optim"]
         self.optimizer = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, o["lr_step_epochs"], o["lr_gamma"])
+        self.scheduler = make_scheduler(self.optimizer, o)
         # EMA pseudo labels: for items of half "a", the average of net b's predictions, and vice versa.
         self.pseudo: dict[int, torch.Tensor] = {}
 
@@ -123,7 +139,7 @@ class PointsRecipe:
     def step(self, batches: Mapping[str, Mapping[str, np.ndarray]], epoch: int) -> dict[str, float]:
         """One optimiser step on a batch per half; returns the loss terms (floats)."""
         p = self.cfg["points"]
-        alpha, beta = ramp_weights(epoch, self.cfg["optim"]["epochs"], p["eta"], p["epsilon"])
+        alpha, beta = ramp_weights(epoch, ramp_length(self.cfg), p["eta"], p["epsilon"])
         total = torch.zeros((), device=self.device)
         logs: dict[str, float] = {}
         for k in ("a", "b"):

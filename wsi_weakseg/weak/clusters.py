@@ -55,7 +55,7 @@ from skimage.morphology import disk
 from .stain import hematoxylin
 from .voronoi import BACKGROUND, IGNORE, NUCLEUS, _nearest, _point_pixels
 
-__all__ = ["cluster_label", "kmeans"]
+__all__ = ["cluster_label", "ignore_ring", "kmeans"]
 
 _COLOURS = ("rgb", "h", "rgb+h")
 
@@ -227,3 +227,25 @@ def _nearest_component(comps, cells, p, cell_id, radius) -> int:
     if d2[best] > radius * radius:
         return 0
     return int(win[rr[best], cc[best]])
+
+
+def ignore_ring(label: np.ndarray, ring_px: float) -> np.ndarray:
+    """``label`` with BACKGROUND pixels within ``ring_px`` of a NUCLEUS pixel turned into IGNORE.
+
+    The cluster label's nuclei are too small (recall 0.63-0.74 against the masks): the pixels just outside
+    them are often nucleus. Ignoring a thin ring lets the co-training pseudo labels, not k-means, decide
+    where a nucleus ends. Distance is Euclidean between pixel centres (a pixel at distance <= ``ring_px``
+    is in the ring); ``ring_px <= 0`` returns a copy.
+
+    Examples
+    --------
+    >>> lab = np.zeros((1, 5), np.uint8); lab[0, 2] = NUCLEUS
+    >>> ignore_ring(lab, 1.0).tolist()
+    [[0, 2, 1, 2, 0]]
+    """
+    out = np.array(label, dtype=np.uint8, copy=True)
+    if ring_px <= 0 or not (out == NUCLEUS).any():
+        return out
+    dist = ndi.distance_transform_edt(out != NUCLEUS)
+    out[(out == BACKGROUND) & (dist <= ring_px)] = IGNORE
+    return out
