@@ -143,6 +143,8 @@ def test_sigkill_worker_mid_run_every_good_slide_completes(dask_cluster, cohort_
     done_row = [r for r in rows if r["slide_id"] == slide and r["status"] == "done"][-1]
     assert done_row["pid"] != killed_pid  # the slide the dead worker held was finished by the other one
     assert_matches_reference(out, reference)
+    # the dead attempt's staging was swept when the slide's lock was taken again; no lock is left behind
+    assert not list(out.glob("*/.wsi-weakseg-tmp-*")) and not list(out.glob("*/.lock"))
 
 
 def test_killed_driver_rerun_skips_finished_slides(dask_cluster, cohort_slides, reference, tmp_path):
@@ -170,3 +172,21 @@ def test_killed_driver_rerun_skips_finished_slides(dask_cluster, cohort_slides, 
     assert file_stats(out, finished) == before  # finished slides were not recomputed
     assert_matches_reference(out, reference)
     assert "1 failed" in rerun.stdout
+
+
+def test_two_drivers_on_one_output_folder_compute_each_slide_once(dask_cluster, cohort_slides, reference, tmp_path):
+    out = tmp_path / "out"
+    args = cli(cohort_slides, out, dask_cluster.scheduler_file)
+    drivers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [d.communicate(timeout=300) for d in drivers]
+    assert [d.returncode for d in drivers] == [1, 1], [err for _, err in results]  # bad.svs fails in both
+    rows = ledger_rows(out)
+    assert len({r["run"] for r in rows}) == 2
+    for sid in GOOD:
+        mine = [r for r in rows if r["slide_id"] == sid]
+        assert [r["status"] for r in mine].count("done") == 1, mine  # one driver computed it
+        other = [r for r in mine if r["status"] != "done"]
+        # the other found it done (before submitting, or under the lock) or found it locked
+        assert len(other) == 1 and (other[0]["status"] == "skipped" or other[0]["error_type"] == "SlideLockedError"), other
+    assert_matches_reference(out, reference)
+    assert not list(out.glob("*/.wsi-weakseg-tmp-*")) and not list(out.glob("*/.lock"))

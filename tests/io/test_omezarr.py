@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from wsi_weakseg.errors import ConfigError, OutputError
-from wsi_weakseg.io.omezarr import OmeZarrWriter, validate_ome_zarr
+from wsi_weakseg.io.omezarr import OmeZarrWriter, grid_translation_um, validate_ome_zarr
 
 SHAPE = (700, 500)
 MPP = 0.5
@@ -81,8 +81,11 @@ def test_pyramid_shapes_and_scales(store: Path) -> None:
     assert all(root[f"labels/nuclei/{k}"].chunks == (96, 96) for k in range(4))
     datasets = root.attrs["ome"]["multiscales"][0]["datasets"]
     assert [d["path"] for d in datasets] == ["0", "1", "2", "3"]
-    scales = [d["coordinateTransformations"] for d in datasets]
-    assert scales == [[{"type": "scale", "scale": [1.0, MPP * 2**k, MPP * 2**k]}] for k in range(4)]
+    transforms = [d["coordinateTransformations"] for d in datasets]
+    assert [t[0] for t in transforms] == [{"type": "scale", "scale": [1.0, MPP * 2**k, MPP * 2**k]} for k in range(4)]
+    # no offset given: level 0 centred at 0; mean pooling moves level k by (2**k - 1) / 2 working pixels
+    shifts = [0.0, 0.25, 0.75, 1.75]
+    assert [t[1] for t in transforms] == [{"type": "translation", "translation": [0.0, d, d]} for d in shifts]
 
 
 def test_level0_holds_what_was_written(store: Path) -> None:
@@ -156,7 +159,7 @@ def test_metadata_follows_ome_zarr_05(store: Path) -> None:
     assert nuclei["image-label"]["source"] == {"image": "../../"}
     assert [a["name"] for a in nuclei["multiscales"][0]["axes"]] == ["y", "x"]
     assert nuclei["multiscales"][0]["datasets"][3]["coordinateTransformations"] == [
-        {"type": "scale", "scale": [MPP * 8, MPP * 8]}
+        {"type": "scale", "scale": [MPP * 8, MPP * 8]}, {"type": "translation", "translation": [0.0, 0.0]}
     ]
     array = json.loads((store / "labels" / "nuclei" / "0" / "zarr.json").read_text())
     assert array["data_type"] == "uint32" and array["dimension_names"] == ["y", "x"]
@@ -204,6 +207,9 @@ def _edit(path: Path, node: str, change: Any) -> None:
         ("labels", lambda ome: ome.update(labels=["nuclei", "cells"]), "labels/cells"),
         ("labels/nuclei", lambda ome: ome.pop("image-label"), "image-label"),
         ("labels/nuclei", lambda ome: ome.update(version="0.4"), "labels/nuclei: ome.version"),
+        ("labels/nuclei", lambda ome: ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][1].update(translation=[0.0, 0.5]), "translation"),
+        ("", lambda ome: ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][1].update(translation=[0.0, 0.25, 0.0]), "would not overlay"),
+        ("", lambda ome: ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][1].update(translation=[0.0, 0.0]), "translation must list 3"),
     ],
 )
 def test_validate_reports_corruption(store: Path, tmp_path: Path, node: str, change: Any, match: str) -> None:
@@ -234,6 +240,61 @@ def test_validate_reports_float_labels(tmp_path: Path) -> None:
     assert any("integer dtype" in p for p in validate_ome_zarr(path))
 
 
+# ---------------------------------------------------------------- registration
+
+
+def test_registration_hand_worked(tmp_path: Path) -> None:
+    """Working grid 0.5 µm/px, 10 level-0 px (y) and 4 px (x) into a 0.25 µm/px slide; levels 0..2.
+
+    Slide pixel i is centred at i * 0.25 µm (NGFF). Working pixel 0 spans slide [10, 12) in y, centred at
+    slide index 10.5 -> 2.625 µm; in x [4, 6) -> index 4.5 -> 1.125 µm. Image level 1 pixel 0 = mean of
+    working pixels 0, 1 = slide [10, 14) -> index 11.5 -> 2.875 (x: [4, 8) -> 5.5 -> 1.375). Level 2 = slide
+    [10, 18) -> 13.5 -> 3.375 (x: [4, 12) -> 7.5 -> 1.875). Label level k = level0[::2**k] keeps working
+    pixel 0 -> 2.625 / 1.125 at every level.
+    """
+    t0 = grid_translation_um((10, 4), 2.0, 0.25)
+    assert t0 == pytest.approx((2.625, 1.125))
+    path = tmp_path / "reg.ome.zarr"
+    writer = OmeZarrWriter(path, (16, 12), 0.5, ["p"], chunk=8, translation_um=t0)
+    writer.finalize(min_size=4)
+    root = zarr.open_group(path, mode="r")
+    image = [d["coordinateTransformations"] for d in root.attrs["ome"]["multiscales"][0]["datasets"]]
+    labels = [d["coordinateTransformations"] for d in root["labels/nuclei"].attrs["ome"]["multiscales"][0]["datasets"]]
+    assert len(image) == len(labels) == 3
+    assert [t[0]["scale"] for t in image] == [[1.0, 0.5, 0.5], [1.0, 1.0, 1.0], [1.0, 2.0, 2.0]]
+    assert [t[1]["translation"] for t in image] == [
+        pytest.approx([0.0, 2.625, 1.125]), pytest.approx([0.0, 2.875, 1.375]), pytest.approx([0.0, 3.375, 1.875])
+    ]
+    assert [t[0]["scale"] for t in labels] == [[0.5, 0.5], [1.0, 1.0], [2.0, 2.0]]
+    assert [t[1]["translation"] for t in labels] == [pytest.approx([2.625, 1.125])] * 3
+    assert validate_ome_zarr(path) == []
+
+
+def test_registration_matches_the_pixels(tmp_path: Path) -> None:
+    """Each level's declared pixel centres equal the centres of the working pixels it was made from."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "pix.ome.zarr"
+    mpp, t0 = 0.5, (2.625, 1.125)
+    writer = OmeZarrWriter(path, (32, 32), mpp, ["p"], chunk=16, translation_um=t0)
+    # a ramp in y: a mean-pooled pixel's value is the mean working row index it covers (times 4)
+    writer.image[0] = np.repeat(np.arange(32, dtype=np.uint8)[:, None] * 4, 32, axis=1)
+    writer.labels["nuclei"][:] = rng.integers(1, 1000, (32, 32), dtype=np.uint32)
+    writer.finalize(min_size=4)
+    root = zarr.open_group(path, mode="r")
+    image = root.attrs["ome"]["multiscales"][0]["datasets"]
+    labels = root["labels/nuclei"].attrs["ome"]["multiscales"][0]["datasets"]
+    level0 = root["labels/nuclei/0"][:]
+    for k in range(1, len(image)):
+        (scale, translation) = (image[k]["coordinateTransformations"][i] for i in (0, 1))
+        rows = root[str(k)][0, :, 0].astype(float) / 4  # mean working row of each level-k row
+        declared = translation["translation"][1] + np.arange(rows.size) * scale["scale"][1]
+        np.testing.assert_allclose(declared, t0[0] + rows * mpp, atol=0.13 * mpp)  # uint8 rounding of the mean
+        lt = labels[k]["coordinateTransformations"]
+        j = np.arange(root[f"labels/nuclei/{k}"].shape[0])
+        src = np.rint((lt[1]["translation"][0] + j * lt[0]["scale"][0] - t0[0]) / mpp).astype(int)
+        np.testing.assert_array_equal(root[f"labels/nuclei/{k}"][:, 0], level0[src, 0])
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -261,6 +322,8 @@ def test_writer_refuses_existing_or_unwritable_output(tmp_path: Path) -> None:
         {"chunk": 0},
         {"labels": ("a/b",)},
         {"labels": ("n", "n")},
+        {"translation_um": (0.0, float("inf"))},
+        {"translation_um": (0.0,)},
     ],
 )
 def test_writer_rejects_bad_config(tmp_path: Path, kwargs: dict[str, Any]) -> None:

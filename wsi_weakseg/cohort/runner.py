@@ -244,6 +244,7 @@ def _run(client, todo, out, model, opts, co, identities, ledger, final, threads,
             job, attempt = todo.popleft()
             fut = client.submit(
                 process_slide, job, str(out), *model, opts, identities[job.slide_id], threads, device,
+                recheck_done=not co.overwrite,
                 key=f"slide-{job.slide_id}-{ledger.run_id}-{attempt}", pure=False, resources=resources,
             )
             in_flight[fut.key] = (job, attempt)

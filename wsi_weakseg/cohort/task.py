@@ -2,8 +2,10 @@
 
 A slide is done when ``OUT/<slide id>/done.json`` exists and matches: it is written last, after
 ``segment`` has renamed its outputs into place, and holds a digest of everything that decides the result
-(result-affecting options, model sha256, package version, the slide file's size and modification time).
-Anything else — no manifest, another digest, an output file gone — means the slide is computed again.
+(result-affecting options with the ROI file's content hash in place of its path, model sha256, package
+version, the slide file's size and modification time). Anything else — no manifest, another digest, an
+output file gone — means the slide is computed again. An attempt holds the slide's lock
+(:mod:`.lock`) from before it checks ``done.json`` until it has committed, so no slide is computed twice.
 
 :func:`process_slide` runs inside a dask worker process. Those are daemonic, so it uses threads only
 (``segment``'s readers and merge blocks are threads); it never raises for a failing slide but returns
@@ -12,6 +14,7 @@ the failure as a ledger row, so one bad slide cannot stop a cohort.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,6 +23,7 @@ import socket
 import time
 import traceback
 import uuid
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from .. import __version__
 from ..engine.segment import SegmentOptions
 from ..errors import ModelCardError, UserInputError
 from .inputs import SlideJob
+from .lock import slide_lock, sweep_staging
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ def expected_identity(job: SlideJob, options: SegmentOptions, model_sha256: str)
     """What a matching done-manifest must record for ``job``: its inputs and their digest.
 
     A missing slide file gets size and mtime None; its task fails, so no done-manifest records them.
+    The ROI is digested by content (``sha256:<hex>``, or ``missing``); like the slide, its path is
+    recorded but not digested.
     """
     opts = job_options(job, options)
     try:
@@ -55,14 +62,36 @@ def expected_identity(job: SlideJob, options: SegmentOptions, model_sha256: str)
     except OSError:
         size = mtime = None
     inputs = {
-        "options": {k: getattr(opts, k) for k in RESULT_OPTIONS},
+        "options": {**{k: getattr(opts, k) for k in RESULT_OPTIONS}, "roi": _roi_digest(opts.roi)},
         "model_sha256": model_sha256,
         "wsi_weakseg_version": __version__,
         "slide": {"size": size, "mtime_ns": mtime},
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     # the path is recorded but not digested: moving a cohort's data folder does not recompute it
-    return {"digest": digest, "inputs": inputs, "slide_path": str(job.path.resolve())}
+    return {"digest": digest, "inputs": inputs, "slide_path": str(job.path.resolve()),
+            "roi_path": str(Path(opts.roi).resolve()) if opts.roi else None}
+
+
+def _roi_digest(roi: str | None) -> str | None:
+    """``sha256:<hex>`` of the ROI file's bytes, ``missing`` when it cannot be read, None without a ROI."""
+    if not roi:
+        return None
+    try:
+        st = os.stat(roi)
+        return f"sha256:{_sha256_file(str(Path(roi).resolve()), st.st_size, st.st_mtime_ns)}"
+    except OSError:
+        return "missing"
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, read once per (path, size, mtime) however many slides share it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_done(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -114,8 +143,13 @@ def process_slide(
     identity: dict[str, Any],
     torch_threads: int | dict[str, int] | None = None,
     device: str | None = None,
+    recheck_done: bool = True,
 ) -> dict[str, Any]:
     """Segment one slide into ``out_root/<slide id>/`` and commit it with its done-manifest.
+
+    The slide's lock is held throughout: when another live process holds it, the slide fails at once
+    (:class:`~.lock.SlideLockedError`, not retried). Holding it, staging folders of dead attempts are
+    removed, and a done-manifest that matches (written by another driver meanwhile) makes it ``skipped``.
 
     Parameters
     ----------
@@ -126,20 +160,28 @@ def process_slide(
     device : str, optional
         Device overriding ``options.device``; ``"worker-gpu"`` picks the GPU numbered like the worker
         (LocalCluster workers are named 0, 1, ...).
+    recheck_done : bool
+        Skip the slide when, under its lock, its done-manifest matches (False for ``--overwrite``).
 
     Returns
     -------
     dict
-        A ledger row: status ``done`` or ``failed``, error type and message, whether a retry may help
+        A ledger row: status ``done``, ``skipped`` or ``failed``, error type and message, whether a retry may help
         (``transient``), duration, nucleus count, tissue area and nuclei per mm².
     """
     from ..engine.segment import segment
 
     start = time.perf_counter()
     row: dict[str, Any] = {"slide_id": job.slide_id, "path": str(job.path), "host": socket.gethostname(), "pid": os.getpid()}
+    held = ExitStack()
     try:
         _set_threads(torch_threads)
         out_dir = Path(out_root) / job.slide_id
+        held.enter_context(slide_lock(out_dir))
+        sweep_staging(out_dir)
+        done = read_done(out_dir, identity) if recheck_done else None
+        if done is not None:  # finished by another driver after ours looked
+            return result_row(job, done)
         try:
             (out_dir / DONE_NAME).unlink()  # the outputs are about to change: uncommit first
         except FileNotFoundError:
@@ -169,6 +211,8 @@ def process_slide(
         )
         if not isinstance(exc, UserInputError):
             row["traceback"] = traceback.format_exc(limit=8)
+    finally:
+        held.close()  # after done.json is written: the lock covers the commit
     row["duration_s"] = round(time.perf_counter() - start, 3)
     return row
 

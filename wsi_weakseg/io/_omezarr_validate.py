@@ -70,7 +70,11 @@ def _check_axes(axes: Any, where: str, problems: list[str]) -> list[dict[str, An
     return axes
 
 
-def _check_transforms(transforms: Any, ndim: int, where: str, problems: list[str]) -> list[float] | None:
+Transform = tuple[list[float], list[float]]  # (scale, translation) of one dataset
+
+
+def _check_transforms(transforms: Any, ndim: int, where: str, problems: list[str]) -> Transform | None:
+    """Check one dataset's transforms; return its scale and translation (zeros when absent)."""
     if not isinstance(transforms, list) or not transforms:
         problems.append(f"{where}: coordinateTransformations must be a non-empty list")
         return None
@@ -92,16 +96,20 @@ def _check_transforms(transforms: Any, ndim: int, where: str, problems: list[str
     if not all(v > 0 for v in scale):
         problems.append(f"{where}: scale values must be positive, got {scale}")
         return None
-    return scale
+    translation = [float(v) for v in transforms[1]["translation"]] if len(transforms) == 2 else [0.0] * ndim
+    return scale, translation
 
 
-def _check_multiscales(group: zarr.Group, ome: dict[str, Any], where: str, problems: list[str]) -> list[tuple[int, ...]]:
-    """Validate ``ome.multiscales`` of ``group``; return the level shapes of the first multiscale."""
+def _check_multiscales(
+    group: zarr.Group, ome: dict[str, Any], where: str, problems: list[str]
+) -> tuple[list[tuple[int, ...]], Transform | None]:
+    """Validate ``ome.multiscales`` of ``group``; return the level shapes and level-0 transform of the first."""
     multiscales = ome.get("multiscales")
     if not isinstance(multiscales, list) or not multiscales:
         problems.append(f"{where}: 'multiscales' must be a non-empty list")
-        return []
+        return [], None
     first_shapes: list[tuple[int, ...]] = []
+    first_transform: Transform | None = None
     for m, ms in enumerate(multiscales):
         at = f"{where} multiscales[{m}]"
         if not isinstance(ms, dict):
@@ -133,10 +141,12 @@ def _check_multiscales(group: zarr.Group, ome: dict[str, Any], where: str, probl
             names = node.metadata.dimension_names if hasattr(node.metadata, "dimension_names") else None
             if names is not None and list(names) != [a.get("name") for a in axes]:
                 problems.append(f"{dat}: dimension_names {list(names)} differ from the axis names")
-            scale = _check_transforms(ds.get("coordinateTransformations"), ndim, dat, problems)
-            if scale is not None:
+            transform = _check_transforms(ds.get("coordinateTransformations"), ndim, dat, problems)
+            if transform is not None:
                 shapes.append(tuple(node.shape))
-                scales.append(scale)
+                scales.append(transform[0])
+                if m == 0 and d == 0:
+                    first_transform = transform
         for k in range(1, len(shapes)):
             for i in range(ndim):
                 expected = shapes[k - 1][i] * scales[k - 1][i] / scales[k][i]
@@ -150,7 +160,7 @@ def _check_multiscales(group: zarr.Group, ome: dict[str, Any], where: str, probl
                     break
         if m == 0:
             first_shapes = shapes
-    return first_shapes
+    return first_shapes, first_transform
 
 
 def _check_omero(omero: Any, n_channels: int | None, problems: list[str]) -> None:
@@ -168,7 +178,9 @@ def _check_omero(omero: Any, n_channels: int | None, problems: list[str]) -> Non
             problems.append(f"root: omero.channels[{k}].window needs numeric min, max, start, end")
 
 
-def _check_labels(root: zarr.Group, image_shape: tuple[int, ...] | None, problems: list[str]) -> None:
+def _check_labels(
+    root: zarr.Group, image_shape: tuple[int, ...] | None, image_transform: Transform | None, problems: list[str]
+) -> None:
     labels = root.get("labels")
     if labels is None:
         return
@@ -196,13 +208,21 @@ def _check_labels(root: zarr.Group, image_shape: tuple[int, ...] | None, problem
             problems.append(f"{where}: 'image-label' object missing")
         elif "source" in image_label and not isinstance((image_label["source"] or {}).get("image", ""), str):
             problems.append(f"{where}: image-label.source.image must be a string path")
-        shapes = _check_multiscales(node, label_ome, where, problems)
+        shapes, transform = _check_multiscales(node, label_ome, where, problems)
         for ds in label_ome.get("multiscales", [{}])[0].get("datasets", []):
             arr = node.get(ds.get("path", "")) if isinstance(ds, dict) else None
             if isinstance(arr, zarr.Array) and not np.issubdtype(arr.dtype, np.integer):
                 problems.append(f"{where}/{ds['path']}: label arrays must have an integer dtype, got {arr.dtype}")
         if shapes and image_shape is not None and shapes[0][-2:] != image_shape[-2:]:
             problems.append(f"{where}: level 0 y/x shape {shapes[0][-2:]} differs from the image's {image_shape[-2:]}")
+        if transform is not None and image_transform is not None:
+            # same pixel grid as the image: level 0 must share its y/x scale and translation (registration)
+            for kind, mine, theirs in zip(("scale", "translation"), transform, image_transform):
+                if not np.allclose(mine[-2:], theirs[-2:], rtol=1e-9, atol=1e-12):
+                    problems.append(
+                        f"{where}: level 0 y/x {kind} {mine[-2:]} differs from the image's {theirs[-2:]}; "
+                        "the labels would not overlay the image"
+                    )
 
 
 def validate_ome_zarr(path: str | os.PathLike[str]) -> list[str]:
@@ -218,7 +238,8 @@ def validate_ome_zarr(path: str | os.PathLike[str]) -> list[str]:
     list of str
         One message per problem; empty when the store is a valid OME-Zarr 0.5 image (zarr
         format 3, ``ome.version`` 0.5, valid multiscales with existing levels of matching
-        dimensionality, positive scales and halving shapes, consistent ``omero`` and labels).
+        dimensionality, positive scales and halving shapes, consistent ``omero`` and labels whose
+        level 0 shares the image's y/x shape, scale and translation).
     """
     path = Path(path)
     try:
@@ -232,12 +253,12 @@ def validate_ome_zarr(path: str | os.PathLike[str]) -> list[str]:
     ome = _ome(root, "root", problems)
     if ome is None:
         return problems
-    shapes = _check_multiscales(root, ome, "root", problems)
+    shapes, image_transform = _check_multiscales(root, ome, "root", problems)
     image_shape = shapes[0] if shapes else None
     if "omero" in ome:
         axes = ome["multiscales"][0].get("axes", []) if isinstance(ome.get("multiscales"), list) and ome["multiscales"] else []
         c_axis = [i for i, a in enumerate(axes) if isinstance(a, dict) and a.get("type") == "channel"]
         n_channels = image_shape[c_axis[0]] if c_axis and image_shape else None
         _check_omero(ome["omero"], n_channels, problems)
-    _check_labels(root, image_shape, problems)
+    _check_labels(root, image_shape, image_transform, problems)
     return problems

@@ -8,6 +8,15 @@ Layout written by :class:`OmeZarrWriter`::
     <path>/labels/nuclei/0, ...   uint32 instance labels (y, x), 0 = background
 
 Level ``k`` has pixel size ``mpp * 2**k`` micrometres and shape ``ceil(shape / 2**k)``.
+
+Registration (OME-NGFF 0.5 ``coordinateTransformations``, micrometres): NGFF puts the *centre* of the pixel
+with index ``i`` at ``i * scale + translation``. Level 0 is the working grid: its translation ``t0`` is the
+centre of working pixel (0, 0) in the slide's NGFF frame, the frame in which the slide's own level-0 pixel
+``i`` is centred at ``i * mpp_level0`` (see :func:`grid_translation_um`). Image level ``k`` is a ``2**k``
+mean of working pixels ``[j 2**k, (j + 1) 2**k)``, so its pixel ``j`` is centred at working index
+``j 2**k + (2**k - 1) / 2``: ``translation_k = t0 + (2**k - 1) / 2 * mpp``. Label level ``k`` is the stride
+subsample ``level0[::2**k, ::2**k]``: its pixel ``j`` *is* working pixel ``j 2**k``, so
+``translation_k = t0`` at every level.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from zarr.codecs import BloscCodec
 from wsi_weakseg.errors import ConfigError, OutputError
 from wsi_weakseg.io._omezarr_validate import validate_ome_zarr
 
-__all__ = ["OmeZarrWriter", "validate_ome_zarr"]
+__all__ = ["OmeZarrWriter", "grid_translation_um", "level_transforms", "validate_ome_zarr"]
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +55,74 @@ def _axes(channel: bool) -> list[dict[str, str]]:
     return ([{"name": "c", "type": "channel"}] if channel else []) + space
 
 
-def _multiscale(name: str, n_levels: int, mpp: float, *, channel: bool, method: str) -> dict[str, Any]:
-    datasets = []
+def grid_translation_um(
+    offset_level0_yx: tuple[float, float], scale: float, mpp_level0: float
+) -> tuple[float, float]:
+    """NGFF translation (µm) of a working grid's level 0, from where the grid sits on the slide.
+
+    Parameters
+    ----------
+    offset_level0_yx : tuple of float
+        ``(y, x)`` of the working grid's top-left corner in level-0 pixels of the slide, in the continuous
+        convention (slide pixel ``i`` spans ``[i, i + 1)``), e.g. ``WorkingView.origin`` minus the bounds
+        origin for the frame QuPath shows.
+    scale : float
+        Level-0 pixels per working pixel (``mpp / mpp_level0``).
+    mpp_level0 : float
+        The slide's level-0 pixel size in µm.
+
+    Returns
+    -------
+    tuple of float
+        ``(y, x)`` in µm: the centre of working pixel (0, 0) in the slide's NGFF frame, where slide pixel
+        ``i`` is centred at ``i * mpp_level0``. Working pixel 0 spans slide ``[o, o + scale)``, centred at
+        continuous ``o + scale / 2``, i.e. slide index ``o + (scale - 1) / 2``.
+
+    Examples
+    --------
+    A 0.5 µm/px grid starting 10 level-0 pixels into a 0.25 µm/px slide: pixel 0 covers slide pixels
+    10 and 11, centred at index 10.5, i.e. 2.625 µm.
+
+    >>> grid_translation_um((10, 0), 2.0, 0.25)
+    (2.625, 0.125)
+    """
+    return tuple(float(mpp_level0 * (o + (scale - 1) / 2)) for o in offset_level0_yx)  # type: ignore[return-value]
+
+
+def level_transforms(
+    n_levels: int, mpp: float, translation_um: tuple[float, float], *, channel: bool, pooled: bool
+) -> list[list[dict[str, Any]]]:
+    """``coordinateTransformations`` of each level: ``scale`` then ``translation`` (µm).
+
+    Parameters
+    ----------
+    n_levels : int
+        Number of levels; level ``k`` has pixel size ``mpp * 2**k``.
+    mpp : float
+        Level-0 (working) pixel size in µm.
+    translation_um : tuple of float
+        ``(y, x)`` centre of level-0 pixel (0, 0), µm.
+    channel : bool
+        Prepend a channel axis (scale 1, translation 0).
+    pooled : bool
+        True for levels made by ``2**k`` mean pooling (pixel centre shifts by ``(2**k - 1) / 2`` working
+        pixels), False for stride subsampling (no shift).
+    """
+    out = []
     for k in range(n_levels):
         size = mpp * 2**k
+        shift = (2**k - 1) / 2 * mpp if pooled else 0.0
         scale = ([1.0] if channel else []) + [size, size]
-        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        translation = ([0.0] if channel else []) + [float(t) + shift for t in translation_um]
+        out.append([{"type": "scale", "scale": scale}, {"type": "translation", "translation": translation}])
+    return out
+
+
+def _multiscale(
+    name: str, n_levels: int, mpp: float, translation_um: tuple[float, float], *, channel: bool, method: str
+) -> dict[str, Any]:
+    transforms = level_transforms(n_levels, mpp, translation_um, channel=channel, pooled=method == "mean")
+    datasets = [{"path": str(k), "coordinateTransformations": t} for k, t in enumerate(transforms)]
     return {"name": name, "axes": _axes(channel), "datasets": datasets, "type": method}
 
 
@@ -93,6 +164,9 @@ class OmeZarrWriter:
         Names of the label images, ``("nuclei",)`` by default.
     name : str, optional
         Name of the multiscale image (e.g. the slide name).
+    translation_um : tuple of float, optional
+        ``(y, x)`` in µm where the centre of level-0 pixel (0, 0) lies in the slide's NGFF frame
+        (from :func:`grid_translation_um`); ``(0, 0)`` when level 0 is the slide's own level-0 grid.
 
     Attributes
     ----------
@@ -128,6 +202,7 @@ class OmeZarrWriter:
         label_chunk: int | None = None,
         labels: Sequence[str] = ("nuclei",),
         name: str = "",
+        translation_um: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         self.path = Path(path)
         self.shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
@@ -136,6 +211,7 @@ class OmeZarrWriter:
         self.chunk = int(chunk)
         self.label_chunk = int(label_chunk) if label_chunk is not None else self.chunk
         self.name = str(name)
+        self.translation_um = tuple(float(t) for t in translation_um)
         label_names = [str(n) for n in labels]
         if len(shape_yx) != 2 or min(self.shape_yx) < 1:
             raise ConfigError(f"shape_yx must be two positive sizes, got {tuple(shape_yx)}")
@@ -143,6 +219,8 @@ class OmeZarrWriter:
             raise ConfigError(f"mpp must be a positive pixel size in micrometres, got {mpp}")
         if not self.channels or len(set(self.channels)) != len(self.channels):
             raise ConfigError(f"channels must be non-empty and unique, got {self.channels}")
+        if len(self.translation_um) != 2 or not all(math.isfinite(t) for t in self.translation_um):
+            raise ConfigError(f"translation_um must be two finite numbers (y, x) in µm, got {translation_um}")
         if self.chunk < 1 or self.label_chunk < 1:
             raise ConfigError(f"chunk sizes must be positive, got {chunk} and {label_chunk}")
         bad = [n for n in label_names if not n or "/" in n or n.startswith(".") or label_names.count(n) > 1]
@@ -197,12 +275,12 @@ class OmeZarrWriter:
             ],
             "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0},
         }
-        image_ms = _multiscale(self.name, n_levels, self.mpp, channel=True, method="mean")
+        image_ms = _multiscale(self.name, n_levels, self.mpp, self.translation_um, channel=True, method="mean")
         self.root.attrs.put({"ome": {"version": OME_VERSION, "multiscales": [image_ms], "omero": omero}})
         labels_group = self.root["labels"]
         labels_group.attrs.put({"ome": {"version": OME_VERSION, "labels": list(self.labels)}})
         for label in self.labels:
-            label_ms = _multiscale(label, n_levels, self.mpp, channel=False, method="nearest")
+            label_ms = _multiscale(label, n_levels, self.mpp, self.translation_um, channel=False, method="nearest")
             labels_group[label].attrs.put(
                 {
                     "ome": {
@@ -226,7 +304,8 @@ class OmeZarrWriter:
         Image level ``k + 1`` is the 2x2 mean of level ``k`` rounded half up,
         ``(a + b + c + d + 2) // 4``; an odd last row or column averages the pixels that exist.
         Label level ``k + 1`` is ``level_k[::2, ::2]`` (nearest; no ids are invented). Each level
-        is read back from the store chunk by chunk with dask, never whole.
+        is read back from the store chunk by chunk with dask, never whole. The translations of the two
+        pyramids differ accordingly (see the module docstring).
         """
         if min_size < 1:
             raise ConfigError(f"min_size must be at least 1, got {min_size}")
