@@ -1,4 +1,8 @@
-"""Shared fixtures: the location of ``../shared/data`` (skipped when absent)."""
+"""Shared fixtures: the location of ``../shared/data``.
+
+Tests that need the data skip when it is absent, unless ``WSI_WEAKSEG_REQUIRE_DATA=1`` (set by ``.ci/run``):
+then they fail, so CI can never go green because the data vanished.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,11 @@ def _data_root() -> Path | None:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Root of the shared (never committed) data; skips the test when it is absent."""
+    """Root of the shared (never committed) data; skips (or, with WSI_WEAKSEG_REQUIRE_DATA=1, fails) when absent."""
     root = _data_root()
     if root is None:
-        pytest.skip("shared data not found: set WSI_WEAKSEG_DATA or place it at ../shared/data")
+        message = "shared data not found: set WSI_WEAKSEG_DATA or place it at ../shared/data"
+        if os.environ.get("WSI_WEAKSEG_REQUIRE_DATA") == "1":
+            pytest.fail(message + " (WSI_WEAKSEG_REQUIRE_DATA=1: the data is required here)")
+        pytest.skip(message)
     return root

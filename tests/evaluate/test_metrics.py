@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -365,17 +364,13 @@ def test_instance_centroids_and_evaluate_points(example):
 def test_monuseg_label_map(shared_data):
     io = pytest.importorskip("skimage.io")
     paths = sorted((shared_data / "monuseg-train" / "labels").glob("*.png"))
-    if not paths:
-        pytest.skip("no MoNuSeg label maps")
+    assert paths, f"no MoNuSeg label maps under {shared_data / 'monuseg-train' / 'labels'}"
     gt = io.imread(paths[0])
     assert gt.dtype == np.uint16 and gt.ndim == 2
 
-    start = time.perf_counter()
     same = evaluate_instances(gt, gt, radius_px=6.0)
-    elapsed = time.perf_counter() - start
     for key in ALL_SCORES:
         assert same[key] == pytest.approx(1.0), key
-    assert elapsed < 1.0, f"evaluate_instances took {elapsed:.3f} s"
 
     # remove one object from the prediction: every other GT object still matches itself exactly,
     # so C = A - a (a = its area, A = total foreground) and U = A (the missing object adds |G| = a)
@@ -383,13 +378,10 @@ def test_monuseg_label_map(shared_data):
     victim = ids[len(ids) // 2]
     a, total = int(areas[len(ids) // 2]), int(areas.sum())
     pred = np.where(gt == victim, 0, gt)
-    start = time.perf_counter()
     got = evaluate_instances(pred, gt, radius_px=6.0)
-    elapsed = time.perf_counter() - start
     n = len(ids)
     assert got["aji"] == pytest.approx((total - a) / total)
     assert got["pixel_f1"] == pytest.approx(2 * (total - a) / (2 * total - a))
     assert got["pq"] == pytest.approx((n - 1) / (n - 1 + 0.5))  # SQ = 1, FN = 1
     assert got["recall"] == pytest.approx((n - 1) / n)
     assert got["precision"] == 1.0
-    assert elapsed < 1.0, f"evaluate_instances took {elapsed:.3f} s"

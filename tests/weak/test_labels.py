@@ -7,7 +7,6 @@ used only to measure label quality.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,19 +53,13 @@ def bbox_centres(labels: np.ndarray) -> np.ndarray:
 def case(request, shared_data: Path) -> dict:
     root = shared_data / "monuseg-train"
     name = request.param
-    if not (root / "images" / f"{name}.png").is_file():
-        pytest.skip(f"{name} not in shared data")
+    assert (root / "images" / f"{name}.png").is_file(), f"{name} not in the shared data at {root}"
     rgb = imread(root / "images" / f"{name}.png")[..., :3]
     gt = imread(root / "labels" / f"{name}.png")
     pts = bbox_centres(gt)
-    t0 = time.perf_counter()
     clu = cluster_label(rgb, pts, mpp=MPP)
-    t_clu = time.perf_counter() - t0
-    t0 = time.perf_counter()
     vor = voronoi_label(pts, gt.shape)
-    t_vor = time.perf_counter() - t0
-    print(f"\n{name}: {len(pts)} points, cluster_label {t_clu:.2f} s, voronoi_label {t_vor:.3f} s")
-    return dict(name=name, rgb=rgb, gt=gt, pts=pts, clu=clu, vor=vor, t_clu=t_clu)
+    return dict(name=name, rgb=rgb, gt=gt, pts=pts, clu=clu, vor=vor)
 
 
 def _quality(lbl: np.ndarray, gt: np.ndarray) -> dict[str, float]:
@@ -184,11 +177,6 @@ def test_cluster_quality(case):
     assert q["nucleus_recall"] > BOUNDS[case["name"]]["recall"]
     assert q["background_precision"] > BOUNDS[case["name"]]["background_precision"]
     assert 0.1 < q["ignored"] < 0.35
-
-
-def test_cluster_fast_enough(case):
-    assert case["rgb"].shape[:2] == (1000, 1000)
-    assert case["t_clu"] < 3.0
 
 
 def test_cluster_deterministic(case):
