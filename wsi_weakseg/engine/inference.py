@@ -80,9 +80,17 @@ class Predictor:
         Normalisation, activation and heads.
     device : str
         ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
+    tta : {1, 4, 8}
+        Test-time augmentation: average the probabilities over the identity (1), the four flips (4), or the
+        eight symmetries of the square (8: flips and transposes; square tiles only). Flipping a tile whose
+        sides are multiples of the stride keeps it on the stride grid, so tiled == whole still holds within
+        the context tolerance. Costs ``tta`` forward passes per tile.
     """
 
-    def __init__(self, net: torch.nn.Module, card: ModelCard, device: str = "auto") -> None:
+    def __init__(self, net: torch.nn.Module, card: ModelCard, device: str = "auto", tta: int = 1) -> None:
+        if tta not in (1, 4, 8):
+            raise ValueError(f"tta must be 1, 4 or 8, got {tta!r}")
+        self.tta = tta
         self.device = resolve_device(device)
         self.card = card
         self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
@@ -97,17 +105,34 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                y = self.net(x)
-        else:
-            y = self.net(x)
-        y = y[:, : self.n_maps].float()
-        if self.card.activation == "sigmoid":
-            y = torch.sigmoid(y)
+        y = sum(undo(self._forward(do(x))) for do, undo in _symmetries(self.tta, x.shape[2] == x.shape[3]))
+        y = y / self.tta if self.tta > 1 else y
         if crop:
             y = y[:, :, crop : y.shape[2] - crop, crop : y.shape[3] - crop]
         return torch.round(y.clamp(0.0, 1.0) * 255.0).to(torch.uint8).cpu().numpy()
+
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities (or raw maps) of the card's heads, float32."""
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                y = self.net(x.contiguous(memory_format=torch.channels_last))
+        else:
+            y = self.net(x.contiguous(memory_format=torch.channels_last))
+        y = y[:, : self.n_maps].float()
+        return torch.sigmoid(y) if self.card.activation == "sigmoid" else y
+
+
+def _symmetries(n: int, square: bool) -> list[tuple[Callable, Callable]]:
+    """(transform, inverse) pairs on (N, C, H, W) tensors: identity, flips, and with 8 the transposed ones."""
+    flips = [(), (3,), (2,), (2, 3)][: 1 if n == 1 else 4]
+    out = [((lambda t, d=d: t.flip(d) if d else t), (lambda t, d=d: t.flip(d) if d else t)) for d in flips]
+    if n == 8:
+        if not square:
+            raise ValueError("tta=8 transposes tiles: it needs square tiles; use tta=4")
+        out += [((lambda t, d=d: (t.flip(d) if d else t).transpose(2, 3)),
+                 (lambda t, d=d: (t.transpose(2, 3).flip(d) if d else t.transpose(2, 3)))) for d in flips]
+    return out
 
 
 def predict_image(predictor: Predictor, image: np.ndarray, context: int) -> np.ndarray:

@@ -87,7 +87,7 @@ def _check(cfg: dict[str, Any]) -> None:
     if cfg["points"]["cluster_colour"] not in ("h", "rgb", "rgb+h"):
         raise ConfigError(f"points.cluster_colour must be 'h', 'rgb' or 'rgb+h', got {cfg['points']['cluster_colour']!r}")
     positive("points.cluster_colour_weight")
-    for p in ("points.cluster_ring_um", "augment.stain"):
+    for p in ("points.cluster_ring_um", "points.jitter_um", "augment.stain"):
         section, key = p.split(".")
         value = cfg[section][key]
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6):

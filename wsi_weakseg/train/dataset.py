@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..weak.centres import centre_heatmap
+from ..weak.centres import centre_heatmap, jitter_points
 from ..weak.clusters import cluster_label, ignore_ring
 from ..weak.stain import estimate_stain_matrix, hematoxylin
 from ..weak.voronoi import voronoi_label
@@ -177,6 +177,8 @@ def label_params(cfg: Mapping, mpp: float) -> dict:
                "cluster_ring_um": p["cluster_ring_um"]}
     if cluster != {"cluster_colour": "h", "cluster_colour_weight": 0.5, "cluster_ring_um": 0.0}:
         out.update(cluster)  # only when set: the defaults keep the cache keys of models trained before them
+    if p["jitter_um"]:
+        out["jitter_um"] = p["jitter_um"]
     return out
 
 
@@ -207,9 +209,11 @@ def build_items(spec_items: Sequence, cfg: Mapping, cache_dir: Path) -> tuple[li
     from ..weak.cache import array_digest, cached_labels
 
     items, summary = [], []
-    for spec_item in spec_items:
+    for index, spec_item in enumerate(spec_items):
         r = read_item(spec_item, float(cfg["data"]["mpp"]))
         params = label_params(cfg, r.mpp)
+        if params.get("jitter_um"):  # simulated click noise, seeded per item (the cache key holds jitter_um)
+            r.points_rc = jitter_points(r.points_rc, params["jitter_um"] / r.mpp, seed=int(cfg["seed"]) * 100_003 + index)
         key = {**params, "annotated": array_digest(r.annotated)}
         t = cached_labels(r.image, r.points_rc, key, lambda: derive_targets(r.image, r.points_rc, r.annotated, params),
                           cache_dir)

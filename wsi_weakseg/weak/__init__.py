@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "centre_heatmap": "centres", "label_centroids": "centres", "cluster_label": "clusters",
+    "centre_heatmap": "centres", "jitter_points": "centres", "label_centroids": "centres", "cluster_label": "clusters",
     "PointSet": "points", "read_points": "points", "write_points": "points",
     "DataSpec": "spec", "SpecItem": "spec", "load_item_points": "spec", "load_spec": "spec",
     "estimate_stain_matrix": "stain", "hematoxylin": "stain", "voronoi_cells": "voronoi", "voronoi_label": "voronoi",
