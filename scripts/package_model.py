@@ -31,6 +31,7 @@ import torch
 
 from wsi_weakseg.evaluate import evaluate_model
 from wsi_weakseg.model.card import export_model, load_model
+from wsi_weakseg.train.checkpoint import load_checkpoint
 from wsi_weakseg.train.config import load_config
 from wsi_weakseg.train.dataset import build_eval_items
 from wsi_weakseg.train.tune import tune_thresholds
@@ -48,7 +49,7 @@ LICENSE = (
 
 def averaged(files: list[Path], net: str) -> dict[str, torch.Tensor]:
     """Mean of one net's state over several epochs (integer buffers from the last epoch)."""
-    states = [torch.load(f, map_location="cpu", weights_only=False)["nets"][net] for f in files]
+    states = [load_checkpoint(f)["nets"][net] for f in files]
     out = {}
     for k, v in states[-1].items():
         out[k] = torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
@@ -99,8 +100,8 @@ def main() -> None:
     candidates = {"shipped-by-train": run.net.state_dict()}
     for spec_ in args.single:  # e.g. 13b: net b after epoch index 13
         epoch, net = int(spec_[:-1]), spec_[-1]
-        candidates[f"e{epoch:02d}{net}"] = torch.load(
-            args.epochs_dir / f"e{epoch:02d}.pt", map_location="cpu", weights_only=False)["nets"][net]
+        candidates[f"e{epoch:02d}{net}"] = load_checkpoint(
+            args.epochs_dir / f"e{epoch:02d}.pt")["nets"][net]
     for spec_ in args.swa:  # e.g. a:5-13: net a averaged over epoch indices 5..13
         net, span = spec_.split(":")
         lo, hi = (int(v) for v in span.split("-"))

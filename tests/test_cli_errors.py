@@ -148,6 +148,27 @@ def test_slide_corrupt_mid_run(capsys, slides, tmp_path, out_dir, existing_out):
         assert snapshot(target) == before
 
 
+def test_huge_png_header_fails_fast_exit_2(capsys, tmp_path, out_dir, existing_out):
+    """A PNG whose header claims 100000 x 100000 pixels is refused before decoding (no 30 GB allocation)."""
+    import struct
+    import time
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    for target in (out_dir, existing_out):
+        before = snapshot(target)
+        t0 = time.perf_counter()
+        code, _, err = run(capsys, "segment", path, "--mpp", "0.5", "-o", target)
+        assert time.perf_counter() - t0 < 5.0
+        check_failure(code, err, 2, "huge.png", "too large", "pyramidal TIFF")
+        assert snapshot(target) == before
+
+
 @pytest.mark.parametrize("key", ["nompp_tiff", "nompp_png"])
 def test_missing_mpp_asks_for_flag(capsys, slides, out_dir, key):
     code, _, err = run(capsys, "segment", slides[key], "-o", out_dir)
@@ -319,6 +340,24 @@ def test_model_weights_missing(capsys, slides, tiny_model, tmp_path, out_dir):
     assert not out_dir.exists()
 
 
+@pytest.mark.parametrize("name", ["../weights.pt", "/tmp/weights.pt"])
+def test_model_weights_outside_the_folder_refused_before_reading(capsys, monkeypatch, slides, tiny_model, tmp_path,
+                                                                 existing_out, name):
+    import wsi_weakseg.model.card as card_module
+
+    folder = _copy_model(tiny_model, tmp_path / "m")
+    (tmp_path / "weights.pt").write_bytes((folder / "weights.pt").read_bytes())  # what "../weights.pt" names
+    data = json.loads((folder / "card.json").read_text())
+    data["weights"] = name
+    (folder / "card.json").write_text(json.dumps(data))
+    monkeypatch.setattr(card_module, "file_sha256", _boom(AssertionError("weights were read")))
+    monkeypatch.setattr(card_module.torch, "load", _boom(AssertionError("weights were loaded")))
+    before = snapshot(existing_out)
+    code, out, err = run(capsys, "segment", slides["good"], "-o", existing_out, "--model", folder)
+    check_failure(code, err, 2, "weights", "bare name of a file in the model folder")
+    assert out == "" and snapshot(existing_out) == before
+
+
 def test_unknown_model_name(capsys, slides, out_dir):
     code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir, "--model", "no-such-model")
     check_failure(code, err, 2, "hematoxylin-baseline")
@@ -350,6 +389,27 @@ def test_roi_missing_file(capsys, slides, tmp_path, out_dir):
     roi = tmp_path / "nope.geojson"
     code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir, "--roi", roi)
     check_failure(code, err, 2, "nope.geojson")
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("suffix", [".geojson.gz", ".zip"])
+def test_roi_over_the_size_cap_exit_2(capsys, monkeypatch, slides, tmp_path, out_dir, suffix):
+    import gzip
+    import zipfile
+
+    import wsi_weakseg.io._geojson_read as geojson_read
+
+    monkeypatch.setattr(geojson_read, "MAX_GEOJSON_BYTES", 2048)  # the real cap is 512 MiB
+    text = _roi_file(tmp_path / "roi.geojson", [[0, 0], [200, 0], [200, 200], [0, 200], [0, 0]]).read_bytes()
+    text = text[:-2] + b" " * 4096 + text[-2:]  # still valid JSON, now over the cap once decompressed
+    roi = tmp_path / f"big{suffix}"
+    if suffix == ".zip":
+        with zipfile.ZipFile(roi, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("roi.geojson", text)
+    else:
+        roi.write_bytes(gzip.compress(text))
+    code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir, "--roi", roi)
+    check_failure(code, err, 2, roi.name, "MiB")
     assert not out_dir.exists()
 
 

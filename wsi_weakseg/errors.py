@@ -49,6 +49,10 @@ class ModelCardError(UserInputError, ValueError):
     """A model folder is missing, its card is malformed, or its weights do not match the card."""
 
 
+class CheckpointError(UserInputError, ValueError):
+    """A training checkpoint cannot be loaded safely (unreadable, or pickled objects beyond tensors)."""
+
+
 class GeoJSONError(UserInputError, ValueError):
     """A GeoJSON file is malformed or holds unusable geometry (e.g. NaN coordinates)."""
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from wsi_weakseg.errors import ModelCardError
-from wsi_weakseg.model.card import BASELINE_MODEL, DEFAULT_MODEL, ModelCard, available_models, export_model, load_model, save_model
+from wsi_weakseg.model.card import (BASELINE_MODEL, DEFAULT_MODEL, ModelCard, available_models, export_model,
+                                    identity_sha256, load_model, save_model)
 from wsi_weakseg.model.resnet_unet import ResNet34UNet, load_torchvision_encoder
 
 
@@ -66,7 +67,8 @@ def test_card_roundtrip_and_sha_check(tmp_path):
     card = ModelCard(name="t", architecture="resnet34-unet", mpp=0.5, arch_kwargs={"width": 4}, tile_size=64)
     folder = save_model(tmp_path / "m", card, ResNet34UNet(out_channels=2, width=4))
     model = load_model(folder)
-    assert model.card.weights_sha256 and model.sha256 == model.card.weights_sha256
+    assert model.card.weights_sha256 and model.weights_sha256 == model.card.weights_sha256
+    assert model.sha256 == identity_sha256(model.card, model.card.weights_sha256) != model.card.weights_sha256
     x = torch.rand(1, 3, 64, 64)
     ref = ResNet34UNet(out_channels=2, width=4)
     ref.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
@@ -120,6 +122,60 @@ def test_bad_cards_are_rejected(tmp_path, patch, match):
     (tmp_path / "card.json").write_text(json.dumps(data))
     with pytest.raises(ModelCardError, match=match):
         load_model(tmp_path)
+
+
+def _tiny(tmp_path, **fields):
+    torch.manual_seed(0)
+    card = ModelCard(name="t", architecture="resnet34-unet", mpp=0.5, arch_kwargs={"width": 4}, tile_size=64, **fields)
+    return save_model(tmp_path / "m", card, ResNet34UNet(out_channels=2, width=4))
+
+
+def _edit_card(folder, **changes):
+    data = json.loads((folder / "card.json").read_text()) | changes
+    (folder / "card.json").write_text(json.dumps(data))
+
+
+def test_identity_covers_result_affecting_card_fields_not_prose(tmp_path):
+    folder = _tiny(tmp_path)
+    base = load_model(folder).sha256
+    _edit_card(folder, description="edited prose", name="renamed", license="MIT", metrics={"aji": 0.9})
+    assert load_model(folder).sha256 == base
+    card = load_model(folder).card
+    for change in ({"thresholds": {**card.thresholds, "foreground": 0.45}}, {"mpp": 0.25},
+                   {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}, {"max_nucleus_um": 30.0},
+                   {"context_px": 96}, {"trained": False}):
+        edited = tmp_path / f"m-{next(iter(change))}"
+        edited.mkdir()
+        (edited / "weights.pt").write_bytes((folder / "weights.pt").read_bytes())
+        (edited / "card.json").write_text((folder / "card.json").read_text())
+        _edit_card(edited, **change)
+        assert load_model(edited).sha256 != base, change
+
+
+def test_identity_covers_the_weights_even_without_their_sha_in_the_card(tmp_path):
+    folder = _tiny(tmp_path)
+    _edit_card(folder, weights_sha256=None)
+    before = load_model(folder).sha256
+    torch.manual_seed(5)
+    torch.save(ResNet34UNet(out_channels=2, width=4).state_dict(), folder / "weights.pt")
+    assert load_model(folder).sha256 != before
+
+
+@pytest.mark.parametrize("name", ["../outside.pt", "/etc/passwd", "sub/weights.pt", "..\\w.pt", "", "..", "C:w.pt"])
+def test_weights_must_be_a_bare_file_name_refused_before_reading(tmp_path, monkeypatch, name):
+    import wsi_weakseg.model.card as card_module
+
+    folder = _tiny(tmp_path / "in")
+    (folder.parent / "outside.pt").write_bytes((folder / "weights.pt").read_bytes())
+    _edit_card(folder, weights=name)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a weights file was read")
+
+    monkeypatch.setattr(card_module, "file_sha256", no_read)
+    monkeypatch.setattr(card_module.torch, "load", no_read)
+    with pytest.raises(ModelCardError, match="bare name of a file in the model folder"):
+        load_model(folder)
 
 
 def test_packaged_models():

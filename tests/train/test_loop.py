@@ -82,7 +82,7 @@ def test_checkpoint_reloads_to_identical_outputs_and_resume_is_exact(tmp_path):
     assert all(torch.equal(straight.pseudo[i], resumed.pseudo[i]) for i in straight.pseudo)
     # A fresh recipe loading the checkpoint predicts exactly what the trained one predicts.
     fresh = _recipe(cfg)
-    fresh.load_state_dict(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["recipe"])
+    fresh.load_state_dict(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["recipe"])
     x = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():
         assert torch.equal(fresh.nets["a"].eval()(x), straight.nets["a"].eval()(x))
@@ -101,11 +101,11 @@ def test_keep_epoch_nets_saves_both_nets_of_every_epoch(tmp_path):
     run(cfg, recipe, tmp_path, max_steps=1)
     files = sorted((tmp_path / "epochs").glob("e*.pt"))
     assert [f.name for f in files] == ["e00.pt", "e01.pt"]
-    last = torch.load(files[-1], weights_only=False)
+    last = torch.load(files[-1], weights_only=True)
     assert last["epoch"] == 1 and set(last["nets"]) == {"a", "b"}
     for k in ("a", "b"):  # the last file holds the final weights of both segmentation nets
         net = recipe.nets[k]
         for name, p in net.state_dict().items():
             assert torch.equal(p, last["nets"][k][name])
-    first = torch.load(files[0], weights_only=False)
+    first = torch.load(files[0], weights_only=True)
     assert not all(torch.equal(first["nets"]["a"][n], last["nets"]["a"][n]) for n in first["nets"]["a"])

@@ -67,7 +67,7 @@ def test_train_writes_a_model_that_segment_loads(project: Path, tmp_path: Path, 
     assert chosen["aji"] == best_row["aji"] == pytest.approx(card["metrics"]["mean"]["aji"])
     assert any(r["foreground"] == 0.5 and r["centre"] == 0.3 for r in tuning["grid"])  # the defaults were tried
     # The shipped weights are the best validation epoch's net, and the folder loads.
-    best = torch.load(tmp_path / "model" / "training" / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "model" / "training" / "best.pt", weights_only=True)
     model = load_model(tmp_path / "model")
     for name, p in model.net.state_dict().items():
         assert torch.equal(p, best["state"][name])
@@ -99,12 +99,12 @@ def test_resume_continues_exactly(project: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(trainer, "validate", interrupt_in_epoch_2)
     assert main(["train", "--config", str(project / "cfg.yaml"), "--out", str(resumed), "--max-steps", "2"]) == 130
     assert not (resumed / "card.json").exists()
-    assert torch.load(resumed / "training" / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(resumed / "training" / "checkpoint.pt", weights_only=True)["epoch"] == 0
     monkeypatch.setattr(trainer, "validate", real)
     card = _train(project, resumed, "--resume")
     assert [h["epoch"] for h in card["training"]["history"]] == [0, 1]
-    a = torch.load(straight / "training" / "checkpoint.pt", weights_only=False)
-    b = torch.load(resumed / "training" / "checkpoint.pt", weights_only=False)
+    a = torch.load(straight / "training" / "checkpoint.pt", weights_only=True)
+    b = torch.load(resumed / "training" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     for net in a["recipe"]["nets"]:
         for name, p in a["recipe"]["nets"][net].items():

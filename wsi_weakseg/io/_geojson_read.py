@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import shapely
@@ -35,22 +36,52 @@ _GEOMETRY_TYPES = frozenset(_DEPTH) | {"GeometryCollection"}
 _OBJECT_TYPES = frozenset({"annotation", "detection", "cell", "tile", "tmaCore"})
 
 
+#: Largest GeoJSON text read, in bytes after decompression (512 MiB). Checked while reading and
+#: decompressing, so a small gzip or zip "bomb" is refused after at most this much output.
+MAX_GEOJSON_BYTES = 512 * 2**20
+_CHUNK = 1 << 20
+
+
+def _read_capped(fh: IO[bytes], path: Path, what: str) -> bytes:
+    """Read ``fh`` to the end in chunks, refusing more than :data:`MAX_GEOJSON_BYTES`."""
+    limit = MAX_GEOJSON_BYTES
+    parts, total = [], 0
+    while chunk := fh.read(min(_CHUNK, limit + 1 - total)):
+        parts.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise GeoJSONError(
+                f"{path}: {what} is larger than the {limit / 2**20:.0f} MiB wsi-weakseg reads; export only the "
+                "objects you need from QuPath (e.g. the region annotations, without detections)"
+            )
+    return b"".join(parts)
+
+
 def _load_text(path: Path) -> str:
-    """Return the JSON text of ``path``: plain, gzip (by content) or the first JSON member of a zip."""
+    """Return the JSON text of ``path``: plain, gzip (by content) or the first JSON member of a zip.
+
+    At most :data:`MAX_GEOJSON_BYTES` of (decompressed) text are read; more is refused.
+    """
     if not path.is_file():
         raise GeoJSONError(f"{path}: no such GeoJSON file; check the path")
-    data = path.read_bytes()
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
     try:
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        elif data[:4] == b"PK\x03\x04" or path.suffix.lower() == ".zip":
+        if magic[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as fh:
+                data = _read_capped(fh, path, "the decompressed gzip content")
+        elif magic == b"PK\x03\x04" or path.suffix.lower() == ".zip":
             with zipfile.ZipFile(path) as zf:
                 names = [n for n in zf.namelist() if n.lower().endswith((".geojson", ".json"))]
                 if not names:
                     raise GeoJSONError(f"{path}: zip archive holds no .geojson or .json member")
                 log.debug("reading member %s of %s", names[0], path)
-                data = zf.read(names[0])
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                with zf.open(names[0]) as fh:  # counted while inflating, not trusted from the directory
+                    data = _read_capped(fh, path, f"zip member {names[0]}")
+        else:
+            with open(path, "rb") as fh:
+                data = _read_capped(fh, path, "the file")
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise GeoJSONError(f"{path}: cannot decompress ({exc}); is the file truncated?") from exc
     try:
         return data.decode("utf-8-sig")
@@ -130,8 +161,9 @@ def read_features(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Raises
     ------
     GeoJSONError
-        If the file is missing, not JSON, not one of the forms above, holds an unknown geometry
-        type, malformed coordinates, or NaN/infinite coordinates.
+        If the file is missing, larger than :data:`MAX_GEOJSON_BYTES` once decompressed, not JSON, not
+        one of the forms above, holds an unknown geometry type, malformed coordinates, or NaN/infinite
+        coordinates.
     """
     path = Path(path)
     text = _load_text(path)

@@ -129,6 +129,11 @@ class ModelCard:
             problems.append(f"thresholds lack {sorted(missing)}")
         if not self.classes or any("name" not in c or len(c.get("color", ())) != 3 for c in self.classes):
             problems.append("classes must be a non-empty list of {name, color: [r, g, b]}")
+        if self.weights is not None and not _bare_file_name(self.weights):
+            problems.append(
+                f"weights must be the bare name of a file in the model folder (e.g. 'weights.pt'), got "
+                f"{self.weights!r}; copy the weights into the folder and give their file name"
+            )
         if problems:
             raise ModelCardError(f"invalid model card {self.name!r}: " + "; ".join(problems))
 
@@ -152,6 +157,47 @@ class ModelCard:
         return microns / self.mpp
 
 
+def _bare_file_name(name: object) -> bool:
+    """True for a plain file name: no folder part, no ``..``, not absolute, not empty.
+
+    Examples
+    --------
+    >>> [_bare_file_name(n) for n in ("weights.pt", "../w.pt", "/tmp/w.pt", "a\\\\w.pt", "C:w.pt", "")]
+    [True, False, False, False, False, False]
+    """
+    return (isinstance(name, str) and name.strip() == name and name not in ("", ".")
+            and not any(c in name for c in "/\\:\0") and ".." not in name)
+
+
+#: Card fields that do not change what the model outputs for a slide; every other field does and is part
+#: of :attr:`Model.sha256`. (The weights file name is covered by the weights' content instead.)
+NON_RESULT_FIELDS = frozenset({"name", "description", "license", "training", "metrics", "weights", "weights_sha256"})
+
+
+def identity_sha256(card: ModelCard, weights_sha256: str | None) -> str:
+    """Model identity: sha256 over the weights' sha256 and a canonical JSON of the result-affecting card fields.
+
+    Parameters
+    ----------
+    card : ModelCard
+    weights_sha256 : str or None
+        sha256 of the weights file's bytes (None for a parameter-free model).
+
+    Returns
+    -------
+    str
+        Hex digest. It changes when the weights or any field outside :data:`NON_RESULT_FIELDS`
+        (thresholds, mpp, architecture, normalisation, tile/context, classes ...) changes, and stays
+        the same when only the name, description, licence, metrics or training history change.
+    """
+    fields = {k: v for k, v in card.to_dict().items() if k not in NON_RESULT_FIELDS}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    h = hashlib.sha256(b"wsi-weakseg model identity 1\n")
+    h.update((weights_sha256 or "no-weights").encode() + b"\n")
+    h.update(canonical.encode())
+    return h.hexdigest()
+
+
 @dataclass
 class Model:
     """A loaded model: its card, its network (eval mode) and its folder."""
@@ -159,14 +205,17 @@ class Model:
     card: ModelCard
     net: nn.Module
     path: Path | None = None
+    weights_sha256: str | None = None
 
     @property
     def sha256(self) -> str:
-        """Identity of the model: weights sha256, or the card's hash for parameter-free models."""
-        if self.card.weights_sha256:
-            return self.card.weights_sha256
-        blob = json.dumps(self.card.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        """Identity of the model: weights *and* result-affecting card fields (see :func:`identity_sha256`).
+
+        It keys the cohort's done-manifest and the detection UUIDs, so re-tuned thresholds count as a
+        new model while an edited description does not. ``weights_sha256`` is the digest of the weights
+        file as loaded (the card's own ``weights_sha256`` when the model was built in memory).
+        """
+        return identity_sha256(self.card, self.weights_sha256 or self.card.weights_sha256)
 
 
 def build_net(card: ModelCard) -> nn.Module:
@@ -232,8 +281,9 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> Model:
         raise ModelCardError(f"cannot read model card {card_path}: {exc}") from None
     if not isinstance(data, dict):
         raise ModelCardError(f"model card {card_path} must hold a JSON object")
-    card = ModelCard.from_dict(data, source=str(card_path))
+    card = ModelCard.from_dict(data, source=str(card_path))  # refuses a weights name that is not a bare file name
     net = build_net(card)
+    digest = None
     if card.weights:
         wpath = folder / card.weights
         if not wpath.is_file():
@@ -252,7 +302,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> Model:
     elif card.architecture != "hematoxylin-baseline":
         log.warning("model %r has no weights: running an untrained network", card.name)
     net.eval()
-    return Model(card=card, net=net, path=folder)
+    return Model(card=card, net=net, path=folder, weights_sha256=digest)
 
 
 def save_model(folder: str | Path, card: ModelCard, net: nn.Module) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,13 @@ from wsi_weakseg.slide import _mpp
 
 log = logging.getLogger(__name__)
 
+#: Largest plain (non-pyramidal) image read, in pixels (2**28 = 268 Mpx, about 16384 x 16384; 805 MB as RGB).
+#: Larger ones are refused from their header alone, before any pixel is decoded. Formats PIL decodes are
+#: also bound by PIL's own decompression-bomb guard (``2 * PIL.Image.MAX_IMAGE_PIXELS``, 179 Mpx by
+#: default), which wsi-weakseg leaves in place and reports the same way.
+MAX_PLAIN_IMAGE_PIXELS = 2**28
 #: Above this many pixels a plain image is still read, but a warning suggests a pyramidal format.
-LARGE_IMAGE_PIXELS = 20_000 * 20_000
+LARGE_IMAGE_PIXELS = 10_000 * 10_000
 
 _TIFF_UNITS = {2: "inch", 3: "centimeter"}
 
@@ -36,7 +42,8 @@ def read_plain_image(path: Path) -> tuple[np.ndarray, float | None, str, dict[st
     Raises
     ------
     SlideReadError
-        The file is truncated or corrupt.
+        The file is truncated or corrupt, or its header gives more than :data:`MAX_PLAIN_IMAGE_PIXELS` pixels
+        (checked before decoding).
     UnsupportedFormatError
         The file is not a readable image.
     """
@@ -47,15 +54,34 @@ def read_plain_image(path: Path) -> tuple[np.ndarray, float | None, str, dict[st
     return _read_pil(path)
 
 
+def _too_large(path: Path, width: int, height: int) -> SlideReadError:
+    return SlideReadError(
+        f"{path}: a {width}x{height} plain image is too large to read into memory (limit "
+        f"{MAX_PLAIN_IMAGE_PIXELS / 1e6:.0f} Mpx); convert it to a tiled pyramidal TIFF, e.g. "
+        f"vips tiffsave {path.name} out.tif --tile --pyramid --compression jpeg"
+    )
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    """Refuse an image over :data:`MAX_PLAIN_IMAGE_PIXELS`; warn above :data:`LARGE_IMAGE_PIXELS`."""
+    if width * height > MAX_PLAIN_IMAGE_PIXELS:
+        raise _too_large(path, width, height)
+    if width * height > LARGE_IMAGE_PIXELS:
+        log.warning("%s: a %dx%d plain image is read fully into memory; a pyramidal TIFF is faster", path, width, height)
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str]]:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
+            _check_size(path, int(page.imagewidth), int(page.imagelength))
             arr = page.asarray()
             photometric = int(page.photometric)
             tags = {t.name: t.value for t in page.tags.values() if t.name in ("XResolution", "YResolution", "ResolutionUnit")}
+    except SlideReadError:
+        raise
     except Exception as exc:  # tifffile raises many types for damaged files
         raise SlideReadError(f"{path}: cannot decode TIFF (corrupt or truncated?): {exc}") from exc
     props = {"image.format": "TIFF"}
@@ -82,9 +108,14 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str
 def _read_pil(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str]]:
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = None  # slides are large by nature; we warn instead
     try:
-        im = Image.open(path)
+        im = Image.open(path)  # reads the header only; PIL's decompression-bomb guard stays on
+    except Image.DecompressionBombError as exc:
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        raise SlideReadError(
+            f"{path}: the image is too large to read into memory ({size.group(1) if size else 'over the limit'} "
+            f"pixels); convert it to a tiled pyramidal TIFF, e.g. vips tiffsave {path.name} out.tif --tile --pyramid"
+        ) from None
     except UnidentifiedImageError as exc:
         raise UnsupportedFormatError(
             f"{path} is not a slide or image format wsi-weakseg reads (OpenSlide formats, PNG, JPEG, TIFF, BMP)"
@@ -93,8 +124,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str]
         raise SlideReadError(f"{path}: cannot read: {exc}") from exc
     with im:
         fmt = im.format or "unknown"
-        if im.width * im.height > LARGE_IMAGE_PIXELS:
-            log.warning("%s: a %dx%d plain image is read fully into memory; a pyramidal TIFF is faster", path, im.width, im.height)
+        _check_size(path, im.width, im.height)  # also when the caller disabled PIL's guard
         try:
             im.load()
         except (OSError, SyntaxError, ValueError) as exc:

@@ -9,8 +9,8 @@ would have drawn next.
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .augment import AugmentParams, sample_patch
+from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from .dataset import TrainItem
 from .points_recipe import PointsRecipe
 
@@ -69,10 +70,9 @@ def _batch(rng: np.random.Generator, recipe: PointsRecipe, indices: Sequence[int
 EPOCHS_DIR = "epochs"
 
 
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def _plain_config(cfg: Mapping) -> dict:
+    """The config as JSON types (what a checkpoint stores, and what a resumed run is compared with)."""
+    return json.loads(json.dumps(cfg, default=str))
 
 
 def run(
@@ -121,16 +121,18 @@ def run(
     if resume:
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in {work_dir}; start without --resume")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        changed = sorted(k for k in set(state["config"]) | set(cfg)
-                         if k != "device" and state["config"].get(k) != cfg.get(k))
+        state = load_checkpoint(ckpt)
+        now = _plain_config(cfg)
+        changed = sorted(k for k in set(state["config"]) | set(now)
+                         if k != "device" and state["config"].get(k) != now.get(k))
         if changed:
             log.warning("resuming with a config that differs from the checkpoint's in %s: the run will not "
                         "equal an uninterrupted one", changed)
         recipe.load_state_dict(state["recipe"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
+        if "rng" in state:
+            restore_rng(rng, state["rng"])
+        else:  # older checkpoints: the same states under three keys (they load with weights_only too)
+            restore_rng(rng, {"numpy": state["numpy_rng"], "torch": state["torch_rng"], "python": state["python_rng"]})
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
         log.info("resumed after epoch %d (step %d)", state["epoch"], step)
 
@@ -159,14 +161,13 @@ def run(
             recipe.train(False)
             record["validation"] = validate(recipe, epoch)
         history.append(record)
-        _save(ckpt, {
+        save_checkpoint(ckpt, {
             "epoch": epoch, "step": step, "history": history, "recipe": recipe.state_dict(),
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(), "config": dict(cfg),
+            "rng": rng_state(rng), "config": _plain_config(cfg),
         })
         if cfg["optim"].get("keep_epoch_nets"):  # for weight averaging / choosing another epoch afterwards
             (work_dir / EPOCHS_DIR).mkdir(exist_ok=True)
-            _save(work_dir / EPOCHS_DIR / f"e{epoch:02d}.pt",
+            save_checkpoint(work_dir / EPOCHS_DIR / f"e{epoch:02d}.pt",
                   {"epoch": epoch, "nets": {k: recipe.nets[k].state_dict() for k in ("a", "b")}})
         log.info("epoch %d/%d: loss %.4f", epoch + 1, n_epochs, record["loss"])
     recipe.train(False)

@@ -25,6 +25,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..model.card import ModelCard, save_model
 from ..model.resnet_unet import ResNet34UNet
+from .checkpoint import load_checkpoint, save_checkpoint
 from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_items
 from .loop import run, steps_per_epoch
 from .points_recipe import PointsRecipe
@@ -156,7 +157,7 @@ def train(
 
     best: dict | None = None
     if resume and (work / BEST).is_file():
-        saved = torch.load(work / BEST, map_location="cpu", weights_only=False)
+        saved = load_checkpoint(work / BEST)
         best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
 
     def on_epoch(rec: PointsRecipe, epoch: int) -> dict:
@@ -169,8 +170,7 @@ def train(
             value = float(s["mean"].get(metric, -1.0))
             if best is None or value > best["value"]:
                 best = {"epoch": epoch, "net": k, "value": value, "metric": metric}
-                torch.save({**best, "state": rec.nets[k].state_dict(), "validation": s}, work / (BEST + ".tmp"))
-                (work / (BEST + ".tmp")).replace(work / BEST)
+                save_checkpoint(work / BEST, {**best, "state": rec.nets[k].state_dict(), "validation": s})
         return {k: s["mean"] for k, s in scores.items()}
 
     on_step = None
@@ -179,7 +179,7 @@ def train(
     history = run(cfg, recipe, work, resume=resume, validate=on_epoch, on_step=on_step, max_steps=max_steps)
     net = ResNet34UNet(out_channels=2, width=int(cfg["model"]["width"]))
     if (work / BEST).is_file():
-        saved = torch.load(work / BEST, map_location="cpu", weights_only=False)
+        saved = load_checkpoint(work / BEST)
         net.load_state_dict(saved["state"])
         best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
         metrics = saved["validation"]
