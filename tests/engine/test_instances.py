@@ -16,8 +16,12 @@ from wsi_weakseg.engine.instances import (
     clean_labels,
     find_markers,
     global_keys,
+    label_image,
     outline,
+    saddle_cuts,
 )
+from wsi_weakseg.engine.outlines import trace_outlines
+from wsi_weakseg.errors import ProcessingError
 
 PARAMS = InstanceParams(foreground=128, centre=60, peak_radius=2, max_cost=20.0, path_weight=2.0, min_area=5)
 
@@ -138,3 +142,124 @@ def test_keys_to_ids_consecutive():
     keys = np.array([[0, 57, 57], [12, 0, 99]])
     ids = merge.keys_to_ids(keys, np.array([12, 57, 99]))
     assert ids.tolist() == [[0, 2, 2], [1, 0, 3]]
+
+
+def _n_saddles(labels: np.ndarray) -> int:
+    return int(saddle_cuts(labels, np.zeros(labels.shape, bool)).sum())
+
+
+def _valid(labels: np.ndarray, i: int) -> bool:
+    rings = trace_outlines(labels, [i])[i]
+    return Polygon(rings[0], rings[1:]).is_valid
+
+
+def _notched_square() -> np.ndarray:
+    """Instance 1: a 5 x 5 square without its top-right pixel; instance 2 one pixel inside, diagonal to the notch."""
+    lab = np.zeros((8, 8), np.int32)
+    lab[1:6, 1:6] = 1
+    lab[1, 5] = 0
+    lab[2, 4] = 2
+    return lab
+
+
+def test_dropped_enclosed_fragment_leaves_no_self_touching_ring():
+    """The QuPath bug: fill-then-drop left a hole touching the outline at a corner ("Ring Self-intersection")."""
+    lab = _notched_square()
+    hole_left = lab.copy()
+    hole_left[2, 4] = 0  # what the old order (fill pockets, then drop small) produced
+    assert _n_saddles(hole_left) == 1  # instance 1 touches itself at corner (x 5, y 2)
+    out = clean_labels(lab, np.array([[3, 2], [2, 4]]), PARAMS)
+    assert (out == 2).sum() == 0 and out[2, 4] == 1  # dropped first, then its pocket is filled
+    assert (out == 1).sum() == 24 and _valid(out, 1)
+
+
+def test_kept_enclosed_instance_touching_the_exterior_diagonally_is_cut_free():
+    lab = np.zeros((9, 9), np.int32)
+    lab[1:7, 1:7] = 1
+    lab[1, 6] = 0  # notch
+    lab[2:4, 4:6] = 2
+    lab[4, 5] = 2  # 5 pixels: kept; (2, 5) touches the notch (1, 6) diagonally
+    markers = np.array([[5, 2], [2, 4]])
+    assert _n_saddles(lab) == 1
+    out = clean_labels(lab, markers, PARAMS)
+    assert out[2, 6] == 0  # the lower pixel of instance 1's diagonal pair is cut
+    assert (out == 1).sum() == 29 and (out == 2).sum() == 5
+    assert _n_saddles(out) == 0 and _valid(out, 1) and _valid(out, 2)
+
+
+def test_saddle_cut_spares_the_marker():
+    lab = np.zeros((4, 4), np.int32)
+    lab[1, 1] = lab[2, 2] = 1
+    assert saddle_cuts(lab, np.zeros(lab.shape, bool)).tolist() == _at(lab.shape, 2, 2).tolist()  # the lower one
+    assert saddle_cuts(lab, _at(lab.shape, 2, 2)).tolist() == _at(lab.shape, 1, 1).tolist()
+    out = clean_labels(lab, np.array([[2, 2]]), InstanceParams(**{**PARAMS.__dict__, "min_area": 1}))
+    assert np.argwhere(out).tolist() == [[2, 2]]
+
+
+def _at(shape, r, c):
+    m = np.zeros(shape, bool)
+    m[r, c] = True
+    return m
+
+
+@pytest.mark.parametrize(
+    ("keys", "sorted_keys"),
+    [
+        (np.array([[0, 57], [13, 99]]), np.array([12, 57, 99])),  # 13 between two anchors: would take id 2
+        (np.array([0, 100]), np.array([12, 57, 99])),  # beyond the last anchor
+        (np.array([0, 5]), np.zeros(0, np.int64)),  # no nucleus at all
+    ],
+)
+def test_keys_to_ids_refuses_keys_of_no_emitted_nucleus(keys, sorted_keys):
+    with pytest.raises(ProcessingError, match="no emitted nucleus"):
+        merge.keys_to_ids(keys, sorted_keys)
+
+
+def test_keys_to_ids_background_only():
+    assert merge.keys_to_ids(np.zeros((2, 2), np.int64), np.zeros(0, np.int64)).tolist() == [[0, 0], [0, 0]]
+
+
+def _noisy(seed: int, shape=(120, 160)) -> np.ndarray:
+    """Ragged foreground with checkerboard patches: many fragments dropped and pockets absorbed."""
+    rng = np.random.default_rng(seed)
+    c = ndi.gaussian_filter(rng.random(shape), 2.0)
+    c = (c - c.min()) / (c.max() - c.min())
+    fg = (rng.random(shape) < 0.6) | (c > 0.7)
+    chk = np.add.outer(np.arange(shape[0]), np.arange(shape[1])) % 2 == 0
+    fg = np.where(ndi.gaussian_filter(rng.random(shape), 4) > 0.52, chk, fg)
+    return np.stack([np.where(fg, 255, 0).astype(np.uint8), np.round(c * 255).astype(np.uint8)])
+
+
+NOISY = InstanceParams(foreground=128, centre=60, peak_radius=1, max_cost=10.0, path_weight=6.0, min_area=12)
+
+
+@pytest.mark.parametrize("block", [32, 64])
+def test_blocks_equal_whole_on_ragged_maps(tmp_path, block):
+    maps = _noisy(1)
+    whole = label_image(maps, NOISY)
+    keys = np.zeros(maps.shape[1:], np.int64)
+    blocks = merge.block_grid(maps.shape[1:], block)
+    results = merge.run_blocks(maps, keys, block, NOISY, tmp_path / "b")
+    nuclei = list(merge.iter_nuclei(tmp_path / "b", blocks))
+    ids = merge.keys_to_ids(keys, np.array([n.key for n in nuclei]))
+    assert whole.max() >= 100 and sum(r.n_repaired for r in results) == 0
+    np.testing.assert_array_equal(ids, whole)
+    assert _n_saddles(whole) == 0
+    for i, n in enumerate(nuclei, start=1):
+        poly = Polygon(n.rings[0], n.rings[1:])
+        assert poly.is_valid and poly.area == n.area_px == (whole == i).sum()
+
+
+def test_invalid_outline_is_repaired_counted_and_warned(tmp_path, monkeypatch, caplog):
+    """Defence in depth: a polygon the tracer got wrong never reaches the GeoJSON as it is."""
+    bowtie = np.array([[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]], np.float64)
+    real = merge.trace_outlines
+    monkeypatch.setattr(merge, "trace_outlines", lambda lab, ids: {k: [bowtie] for k in real(lab, ids)})
+    maps = _blobs()
+    keys = np.zeros(maps.shape[1:], np.int64)
+    with caplog.at_level("WARNING", logger="wsi_weakseg.engine.merge"):
+        res = merge.process_block(maps, keys, 0, 0, 256, PARAMS, tmp_path)
+    assert res.n_repaired == len(res.keys) >= 20
+    assert any("repaired" in r.getMessage() for r in caplog.records)
+    nuclei = list(merge.iter_nuclei(tmp_path, [(0, 0)]))
+    assert all(Polygon(n.rings[0], n.rings[1:]).is_valid for n in nuclei)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ProcessingError
+from ..io.geojson import valid_polygons
 from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, global_keys, oversized
 from .outlines import trace_outlines
 
@@ -55,6 +57,7 @@ class BlockResult:
     index: tuple[int, int]
     keys: np.ndarray  # sorted anchor keys of the nuclei it owns
     n_oversized: int
+    n_repaired: int = 0  # owned nuclei whose traced polygon was invalid and was repaired (see valid_polygons)
 
 
 def read_window(maps, y0: int, x0: int, h: int, w: int) -> np.ndarray:
@@ -131,6 +134,16 @@ def process_block(
     owned = owned[area[owned] > 0]  # some were dropped by clean-up (too small) or the anchor filter
     fg_sum = np.bincount(labels.ravel(), weights=fg.ravel(), minlength=nm)
     rings = trace_outlines(labels, owned)
+    # Valid by construction (clean_labels leaves no saddle); checked anyway, because one invalid polygon
+    # makes QuPath reject the whole file. Checked in working pixels, where corners are integers.
+    checked, repaired = valid_polygons([rings[i] for i in owned.tolist()])
+    rings = dict(zip(owned.tolist(), checked))
+    if repaired.any():
+        log.warning(
+            "block (%d, %d): %d nucleus outline(s) were invalid polygons and were repaired (largest valid part "
+            "kept; the label map is unchanged), e.g. the nucleus anchored at (row, col) %s",
+            by, bx, int(repaired.sum()), tuple(int(v) for v in markers[owned[repaired][0] - 1] + (wy, wx)),
+        )
     offset = np.array([wx, wy], dtype=np.float64)
     nuclei = []
     for idx in owned.tolist():
@@ -154,6 +167,7 @@ def process_block(
         index=(by, bx),
         keys=np.array([n.key for n in nuclei], dtype=np.int64),
         n_oversized=sum(n.oversized for n in nuclei),
+        n_repaired=int(repaired.sum()),
     )
 
 
@@ -216,10 +230,48 @@ def iter_nuclei(record_dir: Path, blocks: list[tuple[int, int]]) -> Iterator[Nuc
 
 
 def keys_to_ids(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """Map anchor keys to consecutive ids (1-based rank); 0 stays 0."""
-    ids = np.searchsorted(sorted_keys, keys) + 1
-    out = np.where(keys > 0, ids, 0).astype(np.uint32)
-    return out
+    """Map anchor keys to consecutive ids (1-based rank); 0 stays 0.
+
+    Parameters
+    ----------
+    keys : ndarray of int64
+        Label keys (one block of the key map); 0 is background.
+    sorted_keys : ndarray of int64
+        Sorted anchor keys of every emitted nucleus.
+
+    Returns
+    -------
+    ndarray of uint32
+        ``rank + 1`` of each key in ``sorted_keys``, 0 for background.
+
+    Raises
+    ------
+    ProcessingError
+        If a non-zero key is not in ``sorted_keys``: a pixel labelled with a nucleus no block emitted,
+        i.e. blocks disagreed (locality broken). Without the check it would silently take the id of
+        the next nucleus in raster order.
+
+    Examples
+    --------
+    >>> keys_to_ids(np.array([0, 57, 12]), np.array([12, 57])).tolist()
+    [0, 2, 1]
+    """
+    fg = keys > 0
+    pos = np.searchsorted(sorted_keys, keys)
+    if sorted_keys.size:
+        found = sorted_keys[np.minimum(pos, sorted_keys.size - 1)] == keys
+    else:
+        found = np.zeros(keys.shape, dtype=bool)
+    missing = fg & ~found
+    if missing.any():
+        bad = np.unique(keys[missing])
+        raise ProcessingError(
+            f"{int(missing.sum())} label pixel(s) carry {bad.size} anchor key(s) of no emitted nucleus "
+            f"(e.g. key {int(bad[0])} = row * width + col + 1): blocks disagreed about a nucleus, so the "
+            "exactly-once merge lost locality (a nucleus larger than the card's max_nucleus_um?); "
+            "this is a bug, please report it with the slide and model"
+        )
+    return np.where(fg, pos + 1, 0).astype(np.uint32)
 
 
 def write_label_ids(keys_arr, labels_arr, sorted_keys: np.ndarray, num_workers: int = 1) -> None:

@@ -4,7 +4,10 @@ Pixel (row j, col i) spans ``[i, i + 1) x [j, j + 1)``: its corners are integer 
 outline runs along the edges between its pixels and the others. Every boundary edge is emitted with the
 instance on its right-hand side (image axes, y down), edges are chained corner to corner into rings, and
 collinear corners are dropped. Where two pixels of an instance touch only diagonally (a saddle), the ring
-keeps to the pixel it came along, i.e. the instance is treated as 4-connected, as the instance rules make it.
+turns onto the other pixel: the two rings meeting there stay apart and only touch at the corner (a hole
+touching its exterior at one point, which is valid), instead of one ring passing the corner twice, which
+is not. The instance rules leave no saddles (:func:`~wsi_weakseg.engine.instances.clean_labels`), so the
+rings they give never touch at all; this rule keeps any 4-connected mask valid too.
 
 All instances of a window are traced in one vectorised pass (edges, successor permutation, cycle labels
 and list ranking by pointer doubling), so the cost per nucleus is a few microseconds instead of a
@@ -33,7 +36,7 @@ def trace_outlines(labels: np.ndarray, ids) -> dict[int, list[np.ndarray]]:
     Parameters
     ----------
     labels : ndarray of int, shape (h, w)
-        Label image; instances are treated as 4-connected.
+        Label image; each instance should be 4-connected (the rings of one that is not are not a polygon).
     ids : array-like of int
         Instances to trace (non-zero labels present in ``labels``).
 
@@ -41,8 +44,8 @@ def trace_outlines(labels: np.ndarray, ids) -> dict[int, list[np.ndarray]]:
     -------
     dict
         ``id -> [exterior, *holes]``; each ring is a closed ``(n + 1, 2)`` float array of ``(x, y)`` corners
-        in the label image's frame, starting at its top-left-most corner. A hole appears only where another
-        instance is enclosed (background pockets are filled by the instance rules).
+        in the label image's frame, starting at its top-left-most corner. After the instance rules, a hole
+        appears only around an enclosed instance or a pocket shared with one (others are filled).
 
     Examples
     --------
@@ -77,8 +80,8 @@ def trace_outlines(labels: np.ndarray, ids) -> dict[int, list[np.ndarray]]:
     succ = np.searchsorted(start, end)
     alt = np.minimum(succ + 1, n - 1)
     saddle = (succ + 1 < n) & (start[alt] == end)
-    # At a saddle, continue along the pixel the edge came from.
-    succ = np.where(saddle & (e[5, succ] != e[5]), alt, succ)
+    # At a saddle, continue along the other pixel (see the module docstring).
+    succ = np.where(saddle & (e[5, succ] == e[5]), alt, succ)
 
     # Rings are the cycles of the permutation ``succ``. Label them, start each at its smallest edge (its
     # top-left-most corner; edges are sorted by instance, then corner), and rank edges along the cycle by

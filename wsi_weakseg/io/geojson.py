@@ -9,6 +9,8 @@ QuPath facts this module follows (from QuPath's own reader and writer):
 - ``id`` is a UUID at feature level; non-UUID ids are dropped by QuPath.
 - ``classification`` is ``{"name": ..., "color": [r, g, b]}``; the object form needs ``color``.
 - ``measurements`` is a map of numbers; coordinates are written with 2 decimals.
+- One invalid polygon (e.g. a ring touching itself) makes QuPath 0.7 reject the whole file ("Reduction
+  failed, possible invalid input"); :func:`valid_polygons` checks and repairs polygons before writing.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "read_features",
     "read_roi",
     "stable_uuid",
+    "valid_polygons",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,53 @@ def _ring(vertices: np.ndarray, what: str) -> list[list[float]]:
     ring = arr.tolist()
     ring.append(list(ring[0]))
     return ring
+
+
+def valid_polygons(polygons: Sequence[Sequence[np.ndarray]]) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """Check polygons as QuPath will read them, and repair the invalid ones deterministically.
+
+    Parameters
+    ----------
+    polygons : Sequence of Sequence of numpy.ndarray
+        Each polygon's closed rings, ``(n, 2)`` arrays of ``(x, y)``: exterior first, then holes.
+
+    Returns
+    -------
+    rings : list of list of numpy.ndarray
+        Per polygon, its own rings where it is valid (``shapely.is_valid``); otherwise the rings of the
+        largest polygon of ``shapely.make_valid`` (its convex hull if none has an area).
+    repaired : numpy.ndarray of bool
+        Which polygons were invalid and replaced.
+
+    Notes
+    -----
+    Validity is kept by a positive scale, a shift and rounding to 2 decimals when rings lie on a
+    pixel-corner grid of spacing above 0.01 (rounding is monotone, so every corner keeps its place in
+    the grid's order): check in working pixels, then transform.
+
+    Examples
+    --------
+    >>> bowtie = np.array([[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]], float)
+    >>> rings, repaired = valid_polygons([[bowtie]])
+    >>> repaired.tolist(), len(rings[0])
+    ([True], 1)
+    """
+    import shapely
+
+    polygons = [[np.asarray(r, dtype=np.float64) for r in rings] for rings in polygons]
+    if not polygons:
+        return [], np.zeros(0, dtype=bool)
+    coords = np.concatenate([r for rings in polygons for r in rings])
+    ring_offsets = np.cumsum([0] + [len(r) for rings in polygons for r in rings])
+    poly_offsets = np.cumsum([0] + [len(rings) for rings in polygons])
+    geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_offsets, poly_offsets))
+    repaired = ~shapely.is_valid(geoms)
+    out = list(polygons)
+    for i in np.flatnonzero(repaired).tolist():
+        parts = [g for g in shapely.get_parts(shapely.make_valid(geoms[i])) if g.geom_type == "Polygon" and g.area > 0]
+        best = max(parts, key=lambda g: g.area) if parts else shapely.convex_hull(geoms[i])
+        out[i] = [np.asarray(best.exterior.coords)] + [np.asarray(h.coords) for h in best.interiors]
+    return out, repaired
 
 
 def _measurement_value(name: str, value: Any) -> int | float:
