@@ -114,9 +114,10 @@ def main() -> None:
         run.net.load_state_dict(state)
         t, grid = tune_thresholds(run.net, card, val_items, args.tune_metric, radius,
                                   foreground=(0.25, 0.35, 0.5), centre=(0.2, 0.3, 0.4))
-        base = next(r for r in grid if r["foreground"] == card.thresholds["foreground"]
-                    and r["centre"] == card.thresholds["centre"])
-        scores[name] = {"tuned": max(r[args.tune_metric] for r in grid), "card_thresholds": base[args.tune_metric],
+        base = next((r for r in grid if r["foreground"] == card.thresholds["foreground"]
+                     and r["centre"] == card.thresholds["centre"]), None)  # tune_thresholds adds the card's values
+        scores[name] = {"tuned": max(r[args.tune_metric] for r in grid),
+                        "card_thresholds": base[args.tune_metric] if base else None,
                         "foreground": t["foreground"], "centre": t["centre"]}
         log.info("candidate %s: %s", name, json.dumps(scores[name]))
     chosen = max(scores, key=lambda n: scores[n]["tuned"])
@@ -140,15 +141,16 @@ def main() -> None:
                  license=LICENSE, thresholds=thresholds, training=training, context_px=card.context_px)
     shipped = load_model(args.out)
     working = validate(shipped.net, shipped.card, val_items, radius)
-    native = evaluate_model(spec, model=shipped, split="validation", device="cpu")
-    native_6px = evaluate_model(spec, model=shipped, split="validation", device="cpu", radius_px=6.0)
+    split = cfg["data"]["validation_split"]
+    native = evaluate_model(spec, model=shipped, split=split, device="cpu")
+    native_6px = evaluate_model(spec, model=shipped, split=split, device="cpu", radius_px=6.0)
 
     def mean(report: dict, prefix: str, keys: tuple[str, ...]) -> dict:
         rows = [r for r in report["images"] if r["name"].startswith(prefix)]
         return {k: float(np.mean([r[k] for r in rows if r.get(k) is not None])) for k in keys} | {"n": len(rows)}
 
     metrics = {
-        "split": "validation (configs/data/points-monuseg-crc.yaml)",
+        "split": f"{split} ({Path(cfg['data']['spec']).relative_to(REPO) if Path(cfg['data']['spec']).is_relative_to(REPO) else Path(cfg['data']['spec']).name})",
         "working_mpp": working["mean"],
         "native": {
             "monuseg": mean(native, "TCGA", ("aji", "object_dice", "pq", "pixel_f1", "f1")),
