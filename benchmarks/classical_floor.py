@@ -23,6 +23,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import h_maxima, remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
 
+from wsi_weakseg.evaluate import read_label_map
 from wsi_weakseg.evaluate.metrics import evaluate_instances
 from wsi_weakseg.weak.spec import load_spec
 from wsi_weakseg.weak.stain import estimate_stain_matrix, hematoxylin
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if item.labels is None:
             continue
         rgb = np.asarray(Image.open(item.image).convert("RGB"))
-        gt = np.asarray(Image.open(item.labels)).astype(np.int32)
+        gt = read_label_map(item.labels)[0].astype(np.int32)
         pred = classical_instances(rgb, item.mpp)
         s = evaluate_instances(pred, gt, radius_px=3.0 / item.mpp)
         rows.append({"name": item.image.stem, **{k: s[k] for k in ("aji", "object_dice", "pq", "f1", "n_pred", "n_gt")}})

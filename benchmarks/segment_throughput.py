@@ -127,6 +127,7 @@ def make_resnet_model(folder: Path, mpp: float, seed: int, fit_steps: int, skip:
     import torch
     from PIL import Image
 
+    from wsi_weakseg.evaluate import read_label_map
     from wsi_weakseg.model.card import ModelCard, save_model
     from wsi_weakseg.model.fit import fit_dense
     from wsi_weakseg.model.resnet_unet import ResNet34UNet
@@ -149,7 +150,7 @@ def make_resnet_model(folder: Path, mpp: float, seed: int, fit_steps: int, skip:
         images, targets = [], []
         for f in files[:6]:
             images.append(np.asarray(Image.open(f).convert("RGB"))[::step, ::step].copy())
-            lab = np.asarray(Image.open(f.parent.parent / "labels" / f.name))[::step, ::step].astype(np.int64)
+            lab = read_label_map(f.parent.parent / "labels" / f.name)[0][::step, ::step].astype(np.int64)
             targets.append(np.stack([(lab > 0).astype(np.float32),
                                      centre_heatmap(label_centroids(lab), lab.shape, 2.0 * 0.5 / mpp)]))
         t0 = time.perf_counter()

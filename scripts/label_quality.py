@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_weakseg.train.dataset import _nearest_grid, _read_label_map, read_item  # noqa: F401  (one label reader)
+from wsi_weakseg.evaluate import read_label_map
+from wsi_weakseg.train.dataset import read_item
 from wsi_weakseg.weak.clusters import cluster_label, ignore_ring
 from wsi_weakseg.weak.spec import load_spec
 from wsi_weakseg.weak.stain import estimate_stain_matrix, hematoxylin
@@ -64,7 +65,7 @@ def main() -> None:
         if not lab_path.is_file():
             continue
         r = read_item(item, args.mpp)
-        gt = _read_label_map(lab_path)
+        gt, _ = read_label_map(lab_path)
         # the spec item names no label map (training items): resample the mask the way read_item does
         scale = gt.shape[0] / (r.image.shape[0] * 1.0)
         rows_idx = np.clip(np.floor((np.arange(r.image.shape[0]) + 0.5) * scale).astype(int), 0, gt.shape[0] - 1)

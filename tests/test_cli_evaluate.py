@@ -147,3 +147,20 @@ def test_monuseg_labels_against_themselves_score_1(shared_data: Path, tmp_path: 
         assert all(row[k] == 1.0 for k in MASK_METRICS + DETECTION_METRICS), row
         assert row["n_pred"] == row["n_gt"] > 100 and row["radius_px"] == 12.0
     assert report["mean"]["aji"] == report["pooled"]["f1"] == 1.0
+
+
+def test_model_mode_refuses_a_region_too_large_for_memory(tmp_path, capsys, monkeypatch):
+    """Over ``MAX_REGION_PIXELS`` (lowered here): exit 2 and one line that points at ``segment``."""
+    from wsi_weakseg.engine import whole
+
+    Image.fromarray(np.full((64, 96, 3), 230, np.uint8)).save(tmp_path / "img.png")
+    (tmp_path / "img.geojson").write_text(json.dumps({"type": "Feature", "properties": {"name": "Nucleus"},
+                                                      "geometry": {"type": "Point", "coordinates": [10.5, 10.5]}}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"defaults": {"mpp": 0.5}, "items": [
+        {"image": "img.png", "points": "img.geojson", "split": "validation"}]}))
+    monkeypatch.setattr(whole, "MAX_REGION_PIXELS", 64 * 96 - 1)
+    assert main(["evaluate", "--spec", str(spec), "--model", "hematoxylin-baseline", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "96x64 level-0 px region is over the 6,143-pixel" in err[0]
+    assert "`wsi-weakseg segment`" in err[0] and "wsi-weakseg evaluate" in err[0]

@@ -297,13 +297,13 @@ def test_predict_level0_window_and_nearest_upsampling():
     model = load_model("hematoxylin-baseline")
     slide = ImageSlide(rgb, mpp=0.25)  # working 0.5 µm/px: scale 2
     predictor = Predictor(model.net, model.card, "cpu")
-    whole, origin = predict_level0(slide, model, predictor)
+    whole, origin = predict_level0(slide, predictor)
     assert origin == (0, 0) and whole.shape == (96, 128) and whole.max() > 3
     # every 2x2 level-0 block is one working pixel
     np.testing.assert_array_equal(whole, np.repeat(np.repeat(whole[::2, ::2], 2, 0), 2, 1))
-    window, origin = predict_level0(slide, model, predictor, Polygon(_rect(10.5, 20, 70, 61.2)))
+    window, origin = predict_level0(slide, predictor, Polygon(_rect(10.5, 20, 70, 61.2)))
     assert origin == (10, 20) and window.shape == (62 - 20, 70 - 10)
-    # working rows 10..30, cols 5..34 plus 32 px of context reach the image edges: the same labels, ids included
+    # working rows 10..30, cols 5..34 plus context and halo reach the image edges: the same labels, ids included
     np.testing.assert_array_equal(window, whole[20:62, 10:70])
 
 
@@ -321,8 +321,8 @@ def test_monuseg_model_mode_equals_file_mode_on_its_labels(shared_data: Path, tm
     """The default model on 2 MoNuSeg images (one with labels, one points only): model mode = file mode on the
     label map computed here (whole-image maps, instances, 2x nearest upsampling) and on ``segment``'s GeoJSON."""
     from wsi_weakseg.engine.inference import Predictor, predict_image
-    from wsi_weakseg.engine.instances import label_image
-    from wsi_weakseg.engine.segment import SegmentOptions, instance_params, segment
+    from wsi_weakseg.engine.instances import label_image, params_from_card
+    from wsi_weakseg.engine.segment import SegmentOptions, segment
     from wsi_weakseg.model.card import DEFAULT_MODEL, load_model
     from wsi_weakseg.slide import WorkingView, open_slide
 
@@ -347,7 +347,7 @@ def test_monuseg_model_mode_equals_file_mode_on_its_labels(shared_data: Path, tm
             view = WorkingView(slide, model.card.mpp)
             assert view.scale == 2.0 and view.origin == (0, 0)
             maps = predict_image(predictor, view.read(0, 0, *view.shape), model.card.context_px)
-        labels = label_image(maps, instance_params(model, view.mpp))
+        labels = label_image(maps, params_from_card(model.card, view.mpp))
         np.save(tmp_path / f"{name}.npy", np.repeat(np.repeat(labels, 2, 0), 2, 1))
     gt0 = m / "labels" / f"{names[0]}.png"
     row = evaluate_files(tmp_path / f"{names[0]}.npy", gt0, mpp=0.25)["images"][0]

@@ -4,7 +4,8 @@ Functions take 2-D instance label images (0 = background) or ``(n, 2)`` point ar
 or flat dicts of plain Python numbers. :func:`evaluate_instances` computes everything at once against
 full masks; :func:`evaluate_points` evaluates detection against point-only ground truth.
 :func:`evaluate_files` and :func:`evaluate_model` (``wsi-weakseg evaluate``) read predictions and ground
-truth from files, folders or a model run and return per-image rows and their means.
+truth from files, folders or a model run and return per-image rows and their means. :func:`read_label_map` is
+the package's one reader of instance label maps (training reads them with it too).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .metrics import (
     pixel_accuracy,
     pixel_f1,
 )
-from .run import DEFAULT_RADIUS_UM, evaluate_files, evaluate_model
+from .run import DEFAULT_RADIUS_UM, evaluate_files, evaluate_model, read_label_map
 
 __all__ = [
     "DEFAULT_RADIUS_UM",
@@ -34,4 +35,5 @@ __all__ = [
     "panoptic_quality",
     "pixel_accuracy",
     "pixel_f1",
+    "read_label_map",
 ]

@@ -38,7 +38,6 @@ _GEOJSON_SUFFIXES = (".geojson", ".geojson.gz", ".json", ".json.gz", ".zip")
 #: Suffixes of the files paired by stem in folders (others, such as segment's ``.run.json``, are ignored).
 FOLDER_SUFFIXES = (".geojson.gz", ".geojson", ".tiff", ".tif", ".png", ".npy")
 _LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
-_TIFF_UNITS = {2: "inch", 3: "centimeter"}
 _PREDICTED_TYPES = ("detection", "cell")
 
 
@@ -93,7 +92,7 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | No
     SlideReadError
         The file cannot be decoded.
     """
-    from wsi_weakseg.slide._mpp import combine_xy, mpp_from_resolution
+    from wsi_weakseg.slide._mpp import mpp_from_dpi, mpp_from_tiff_tags
 
     path = Path(path)
     if not path.is_file():
@@ -109,9 +108,7 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | No
                 page = tif.pages.first
                 arr = page.asarray()
                 tags = {t.name: t.value for t in page.tags.values()}
-            unit = _TIFF_UNITS.get(int(tags.get("ResolutionUnit", 2)))
-            res = [tags.get(k) for k in ("XResolution", "YResolution")]
-            mpp = combine_xy(*(mpp_from_resolution(r[0] / r[1], unit) if r and r[1] else None for r in res), str(path))
+            mpp = mpp_from_tiff_tags(tags, str(path))
         else:
             from PIL import Image
 
@@ -123,8 +120,7 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | No
                     )
                 arr = np.asarray(im)
                 dpi = im.info.get("dpi")
-            if dpi:
-                mpp = combine_xy(mpp_from_resolution(dpi[0], "inch"), mpp_from_resolution(dpi[1], "inch"), str(path))
+            mpp = mpp_from_dpi(dpi, str(path))
     except WsiWeaksegError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for damaged files

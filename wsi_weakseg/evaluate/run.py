@@ -11,8 +11,9 @@ Everything is scored on the ground truth's pixel grid:
   ``[i, i+1) x [j, j+1)``, so it belongs to a polygon when ``(i + 0.5, j + 0.5)`` lies strictly inside it;
   holes respected). Object ids follow feature order; where polygons overlap, the later one wins.
 * A model's labels, computed at the model's pixel size exactly as ``segment`` computes them, are brought to
-  level 0 by nearest neighbour: working pixel ``x`` covers level-0 ``[origin + x*scale, origin + (x+1)*scale)``.
-  Rasterising ``segment``'s GeoJSON therefore gives the same label map.
+  level 0 by nearest neighbour (:func:`~wsi_weakseg.engine.whole.predict_level0`): working pixel ``x`` covers
+  level-0 ``[view.to_level0(x), view.to_level0(x + 1))``. Rasterising ``segment``'s GeoJSON therefore gives the
+  same label map.
 * Against points, predicted objects count by their centroids, and only inside the annotated regions of the
   point file (a nucleus found where nobody clicked is not a false positive).
 
@@ -200,10 +201,11 @@ def evaluate_model(
 
     Each item is compared with its ``labels`` map when it has one, else with its points (item classes,
     regions and pixel size apply). Plain images are predicted whole; slides over the bounding box of their
-    annotated regions. Maps come from the engine's tiled inference (card tile size, or less for an image
-    smaller than one tile, and card context; every tile, tissue or not) and instances from
-    :func:`~wsi_weakseg.engine.instances.label_image`: on a plain image with tissue everywhere, the labels
-    ``segment`` writes.
+    annotated regions (at most :data:`~wsi_weakseg.engine.whole.MAX_REGION_PIXELS`; larger ones raise
+    :class:`~wsi_weakseg.errors.ConfigError`: segment them and evaluate the outputs). Labels come from
+    :func:`~wsi_weakseg.engine.whole.predict_level0` (card tile size and context, every tile, tissue or not;
+    the path validation and tuning use too): on a plain image with tissue everywhere, the labels ``segment``
+    writes.
 
     Parameters
     ----------
@@ -239,12 +241,12 @@ def evaluate_model(
     if not model.card.trained:
         log.warning("model %r is not a trained model: %s", model.card.name, model.card.description)
     predictor = Predictor(model.net, model.card, device)
-    rows = [_evaluate_item(item, model, predictor, radius_um, radius_px) for item in items]
+    rows = [_evaluate_item(item, model.card.name, predictor, radius_um, radius_px) for item in items]
     return _report(rows, radius_um=None if radius_px is not None else radius_um, radius_px=radius_px, mode="model",
                    model=model.card.name, spec=str(spec.path), split=split)
 
 
-def _evaluate_item(item: Any, model: Any, predictor: Any, radius_um: float, radius_px: float | None) -> dict[str, Any]:
+def _evaluate_item(item: Any, name: str, predictor: Any, radius_um: float, radius_px: float | None) -> dict[str, Any]:
     from shapely import affinity
 
     from wsi_weakseg.slide import open_slide
@@ -253,7 +255,7 @@ def _evaluate_item(item: Any, model: Any, predictor: Any, radius_um: float, radi
     points = load_item_points(item)  # also checks the pixel size
     with open_slide(item.image, mpp=item.mpp) as slide:
         region = points.regions if item.kind == "slide" else None
-        labels, (x0, y0) = predict_level0(slide, model, predictor, region)
+        labels, (x0, y0) = predict_level0(slide, predictor, region)
         bx, by = slide.bounds[:2]
         mpp, level0 = slide.mpp, slide.dimensions[::-1]
     h, w = labels.shape
@@ -267,66 +269,15 @@ def _evaluate_item(item: Any, model: Any, predictor: Any, radius_um: float, radi
         regions = None if points.regions is None else affinity.translate(points.regions, bx - x0, by - y0)
         truth = Objects(points_rc=points.rc() + [by - y0, bx - x0], regions=regions)
     r_px = _radius_px(radius_um, radius_px, mpp, item.image)
-    row = {"name": item.image.stem, "pred": model.card.name, "gt": str(item.labels or item.points),
+    row = {"name": item.image.stem, "pred": name, "gt": str(item.labels or item.points),
            "gt_kind": "labels" if item.labels is not None else "points", "mpp": mpp, "radius_px": r_px,
            **_score(Objects(labels=labels), truth, r_px)}
     log.info("%s: AJI %s, F1 %.4f", row["name"], row["aji"], row["f1"])
     return row
 
 
-def predict_level0(slide: Any, model: Any, predictor: Any, region: Any = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """A model's instance labels on level-0 pixels: the whole bounds, or the bounding box of ``region``.
+def predict_level0(slide: Any, predictor: Any, region: Any = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """A model's instance labels on level-0 pixels (:func:`wsi_weakseg.engine.whole.predict_level0`; torch loads here)."""
+    from wsi_weakseg.engine.whole import predict_level0 as predict
 
-    Parameters
-    ----------
-    slide : Slide
-    model : Model
-    predictor : Predictor
-    region : shapely geometry, optional
-        In coordinates relative to the bounds origin (QuPath's), e.g. a point file's annotated regions.
-
-    Returns
-    -------
-    labels : numpy.ndarray
-        ``(h, w)`` int32 level-0 label map of the window (0 where no working pixel covers a pixel centre).
-    origin : (int, int)
-        Absolute level-0 ``(x, y)`` of the window's top-left pixel.
-    """
-    from wsi_weakseg.engine.inference import STRIDE, predict_tiles, tile_origins
-    from wsi_weakseg.engine.instances import label_image
-    from wsi_weakseg.engine.segment import instance_params
-    from wsi_weakseg.slide import WorkingView
-
-    card = model.card
-    view = WorkingView(slide, card.mpp)
-    bx, by, bw, bh = slide.bounds
-    X0, Y0, X1, Y1 = bx, by, bx + bw, by + bh
-    if region is not None and not region.is_empty:
-        rx0, ry0, rx1, ry1 = region.bounds
-        X0, Y0 = max(X0, bx + math.floor(rx0)), max(Y0, by + math.floor(ry0))
-        X1, Y1 = min(X1, bx + math.ceil(rx1)), min(Y1, by + math.ceil(ry1))
-    # working pixel of each level-0 pixel centre, per axis
-    cols = np.floor((np.arange(X0, X1) + 0.5 - view.origin[0]) / view.scale).astype(np.int64)
-    rows = np.floor((np.arange(Y0, Y1) + 0.5 - view.origin[1]) / view.scale).astype(np.int64)
-    H, W = view.shape
-    cv, rv = (cols >= 0) & (cols < W), (rows >= 0) & (rows < H)
-    if not cv.any() or not rv.any():
-        raise ConfigError(f"{slide.path}: the region to evaluate is smaller than one pixel at {card.mpp} µm/px")
-    ctx = card.context_px
-    ca, cb = max(int(cols[cv].min()) - ctx, 0), min(int(cols[cv].max()) + 1 + ctx, W)
-    ra, rb = max(int(rows[rv].min()) - ctx, 0), min(int(rows[rv].max()) + 1 + ctx, H)
-    shape = (rb - ra, cb - ca)
-    maps = np.zeros((len(card.heads), *shape), np.uint8)
-
-    def read(y: int, x: int, h: int, w: int) -> np.ndarray:
-        return view.read(ra + y, ca + x, h, w)
-
-    # an image smaller than the card's tile gets one smaller tile (same maps: reflected beyond the edges either way)
-    tile = min(card.tile_size, -(-max(shape) // STRIDE) * STRIDE)
-    predict_tiles(predictor, read, shape, maps, tile_origins(shape, tile), tile, ctx, batch_size=4, num_workers=2)
-    working = label_image(maps, instance_params(model, view.mpp))
-    out = np.zeros((Y1 - Y0, X1 - X0), np.int32)
-    out[np.ix_(rv, cv)] = working[np.ix_(rows[rv] - ra, cols[cv] - ca)]
-    log.debug("%s: %d objects on a %dx%d level-0 window at (%d, %d)", slide.path.name, int(working.max()),
-              X1 - X0, Y1 - Y0, X0, Y0)
-    return out, (X0, Y0)
+    return predict(slide, predictor, region)

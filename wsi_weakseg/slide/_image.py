@@ -21,8 +21,6 @@ MAX_PLAIN_IMAGE_PIXELS = 2**28
 #: Above this many pixels a plain image is still read, but a warning suggests a pyramidal format.
 LARGE_IMAGE_PIXELS = 10_000 * 10_000
 
-_TIFF_UNITS = {2: "inch", 3: "centimeter"}
-
 
 def read_plain_image(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str]]:
     """Decode an image file to RGB.
@@ -85,16 +83,10 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str
     except Exception as exc:  # tifffile raises many types for damaged files
         raise SlideReadError(f"{path}: cannot decode TIFF (corrupt or truncated?): {exc}") from exc
     props = {"image.format": "TIFF"}
-    unit = _TIFF_UNITS.get(int(tags.get("ResolutionUnit", 2)))
-    mpps = []
-    for axis in ("XResolution", "YResolution"):
-        value = tags.get(axis)
-        if value is not None:
-            res = value[0] / value[1] if isinstance(value, tuple) and value[1] else None
+    x_res, y_res, unit = _mpp.tiff_resolution(tags)
+    for axis, res in (("XResolution", x_res), ("YResolution", y_res)):
+        if tags.get(axis) is not None:
             props[f"tiff.{axis}"] = repr(res)
-            mpps.append(_mpp.mpp_from_resolution(res, unit))
-        else:
-            mpps.append(None)
     if "ResolutionUnit" in tags:
         props["tiff.ResolutionUnit"] = unit or "none"
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
@@ -102,7 +94,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str
     if photometric == 0 and arr.ndim == 2:  # MinIsWhite
         arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind == "u" else arr
     rgb = _to_rgb8(arr, path)
-    return rgb, _mpp.combine_xy(mpps[0], mpps[1], str(path)), "tiff-resolution", props
+    return rgb, _mpp.mpp_from_tiff_tags(tags, str(path)), "tiff-resolution", props
 
 
 def _read_pil(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str]]:
@@ -131,12 +123,9 @@ def _read_pil(path: Path) -> tuple[np.ndarray, float | None, str, dict[str, str]
             raise SlideReadError(f"{path}: cannot decode {fmt} image (corrupt or truncated?): {exc}") from exc
         props = {"image.format": fmt, "image.mode": im.mode}
         dpi = im.info.get("dpi")  # PIL sets it only for physical units (PNG metre, JPEG inch/cm)
-        mpp = None
         if dpi is not None:
             props["image.dpi"] = repr(tuple(float(d) for d in dpi))
-            mpp = _mpp.combine_xy(
-                _mpp.mpp_from_resolution(dpi[0], "inch"), _mpp.mpp_from_resolution(dpi[1], "inch"), str(path)
-            )
+        mpp = _mpp.mpp_from_dpi(dpi, str(path))
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             arr = np.asarray(im.convert("RGBA"))
         elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from wsi_weakseg.errors import ConfigError
 
@@ -22,6 +23,10 @@ PLAUSIBLE_MPP = (0.01, 25.0)
 ANISOTROPY_TOLERANCE = 0.01
 
 _UM_PER_UNIT = {"centimeter": 1e4, "cm": 1e4, "inch": 25400.0, "meter": 1e6, "m": 1e6}
+
+#: TIFF ``ResolutionUnit`` tag values (TIFF 6.0) as the unit names of :func:`mpp_from_resolution`: 1 is no
+#: absolute unit; an absent tag means 2, inch (the TIFF default). The one table every TIFF reader here uses.
+TIFF_RESOLUTION_UNITS = {1: "none", 2: "inch", 3: "centimeter"}
 
 
 def validate_user_mpp(mpp: float) -> float:
@@ -64,6 +69,54 @@ def mpp_from_resolution(resolution: float | None, unit: str | None) -> float | N
     if factor is None or not math.isfinite(resolution) or resolution <= 0:
         return None
     return factor / resolution
+
+
+def tiff_resolution(tags: Mapping[str, Any]) -> tuple[float | None, float | None, str | None]:
+    """X and Y resolution (pixels per unit) and the unit name of TIFF tags.
+
+    Parameters
+    ----------
+    tags : mapping
+        Tag name to value as tifffile gives them (``XResolution`` / ``YResolution`` rationals as
+        ``(numerator, denominator)``, ``ResolutionUnit`` an int or enum).
+
+    Returns
+    -------
+    x_resolution, y_resolution : float or None
+        ``None`` when absent or with a zero denominator.
+    unit : str or None
+        From :data:`TIFF_RESOLUTION_UNITS`; ``None`` for values it does not hold.
+
+    Examples
+    --------
+    >>> tiff_resolution({"XResolution": (40000, 1), "YResolution": (40000, 2), "ResolutionUnit": 3})
+    (40000.0, 20000.0, 'centimeter')
+    >>> tiff_resolution({"XResolution": (300, 0)})
+    (None, None, 'inch')
+    """
+    try:
+        unit = TIFF_RESOLUTION_UNITS.get(int(tags.get("ResolutionUnit", 2)))
+    except (TypeError, ValueError):
+        unit = None
+    res = []
+    for key in ("XResolution", "YResolution"):
+        value = tags.get(key)
+        ok = isinstance(value, tuple) and len(value) == 2 and value[1]
+        res.append(float(value[0]) / float(value[1]) if ok else None)
+    return res[0], res[1], unit
+
+
+def mpp_from_tiff_tags(tags: Mapping[str, Any], where: str) -> float | None:
+    """Pixel size in µm/px from TIFF resolution tags (see :func:`tiff_resolution` and :func:`combine_xy`)."""
+    x, y, unit = tiff_resolution(tags)
+    return combine_xy(mpp_from_resolution(x, unit), mpp_from_resolution(y, unit), where)
+
+
+def mpp_from_dpi(dpi: Sequence[float] | None, where: str) -> float | None:
+    """Pixel size in µm/px from PIL's ``info["dpi"]`` (pixels per inch, set only for physical units)."""
+    if not dpi:
+        return None
+    return combine_xy(mpp_from_resolution(dpi[0], "inch"), mpp_from_resolution(dpi[1], "inch"), where)
 
 
 def combine_xy(mpp_x: float | None, mpp_y: float | None, where: str) -> float | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..weak.centres import centre_heatmap, jitter_points
 from ..weak.clusters import cluster_label, ignore_ring
 from ..weak.stain import estimate_stain_matrix, hematoxylin
@@ -28,6 +29,13 @@ from ..weak.voronoi import voronoi_label
 log = logging.getLogger(__name__)
 
 IGNORE = 2
+
+#: What to do with a training or validation item too large to hold in memory.
+_SPLIT_ADVICE = (
+    "annotate smaller regions and give each its own spec item (a slide item is read over the bounding box of "
+    "its annotated regions); to score a model on a large region, run `wsi-weakseg segment` on it and evaluate "
+    "its outputs with `wsi-weakseg evaluate`"
+)
 
 
 @dataclass
@@ -104,10 +112,14 @@ def _nearest_grid(n: int, start: int, scale: float, origin: int, size: int) -> n
 def read_item(item, mpp: float) -> ReadItem:
     """Read one :class:`~wsi_weakseg.weak.spec.SpecItem` at ``mpp`` µm/px.
 
-    Plain images are read whole; slides are read over the bounding box of their annotated regions.
+    Plain images are read whole; slides are read over the bounding box of their annotated regions, refused
+    (:class:`~wsi_weakseg.errors.ConfigError`) above :data:`~wsi_weakseg.engine.whole.MAX_REGION_PIXELS` working
+    pixels before any pixel is read.
     """
     import shapely
 
+    from ..engine.whole import check_region_size
+    from ..evaluate import read_label_map
     from ..slide import WorkingView, open_slide
     from ..weak.spec import load_item_points
 
@@ -127,6 +139,7 @@ def read_item(item, mpp: float) -> ReadItem:
         else:
             r0, c0, r1, c1 = 0, 0, H, W
         h, w = r1 - r0, c1 - c0
+        check_region_size((h, w), item.image, advice=_SPLIT_ADVICE)
         rgb = view.read(r0, c0, h, w)
         source_mpp, level0 = slide.mpp, (slide.dimensions[1], slide.dimensions[0])
     xy = (points.xy - np.array([ox, oy])) / s - np.array([c0, r0])
@@ -138,34 +151,16 @@ def read_item(item, mpp: float) -> ReadItem:
         annotated = np.ones((h, w), np.uint8)
     labels = None
     if item.labels is not None:
-        gt = _read_label_map(item.labels)
+        gt, _ = read_label_map(item.labels)
         if gt.shape != level0:
-            raise ValueError(f"{item.labels}: label map is {gt.shape[1]}x{gt.shape[0]} but the image is "
-                             f"{level0[1]}x{level0[0]}; they must share the pixel grid")
+            raise ConfigError(f"{item.labels}: label map is {gt.shape[1]}x{gt.shape[0]} but the image is "
+                              f"{level0[1]}x{level0[0]}; they must share the pixel grid")
         rows = _nearest_grid(h, r0, s, view.origin[1], gt.shape[0])
         cols = _nearest_grid(w, c0, s, view.origin[0], gt.shape[1])
         labels = gt[np.ix_(rows, cols)].astype(np.int32)
     return ReadItem(item.image.stem, rgb, rc, annotated, view.mpp, source_mpp, labels,
                     {"points": len(points), "dropped_outside": points.n_dropped_outside,
                      "merged_duplicates": points.n_merged_duplicates})
-
-
-def _read_label_map(path: Path) -> np.ndarray:
-    """A 2-D integer instance label map from PNG/TIFF (16-bit kept) or ``.npy``."""
-    if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    elif path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        arr = tifffile.imread(path)
-    else:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{path}: expected a 2-D integer instance label map, got {arr.dtype} {arr.shape}")
-    return arr
 
 
 def label_params(cfg: Mapping, mpp: float) -> dict:

@@ -3,7 +3,9 @@
 A small grid over the foreground and centre-marker thresholds (the two that trade merges against splits and
 misses against false detections), optionally also the minimum nucleus area and the marker peak radius; the
 card's current values are always in the grid, so tuning never picks a setting that scores worse on validation
-than the untuned one.
+than the untuned one. Maps and instances are those of :func:`~wsi_weakseg.engine.whole.predict_instances`
+(:func:`~wsi_weakseg.engine.whole.predict_maps` once, then :func:`~wsi_weakseg.engine.instances.label_image` per
+setting), the path ``evaluate`` and validation use.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..engine.inference import STRIDE, Predictor, predict_image
+from ..engine.inference import Predictor
 from ..engine.instances import label_image, params_from_card
+from ..engine.whole import predict_maps
 from ..evaluate.metrics import evaluate_instances, evaluate_points
 from ..model.card import ModelCard
 from .dataset import EvalItem
@@ -58,7 +61,7 @@ def tune_thresholds(
         The thresholds tried and the ``metric`` of every setting.
     """
     predictor = Predictor(copy.deepcopy(net), card, "cpu")
-    maps = [predict_image(predictor, it.image, context=STRIDE) for it in items]
+    maps = [predict_maps(predictor, it.image) for it in items]  # predict_instances' maps, once per item
     radius_px = radius_um / card.mpp
     base = dict(card.thresholds)
     keys = ("foreground", "centre", "min_area_um2", "peak_radius_um")

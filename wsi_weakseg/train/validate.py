@@ -1,8 +1,9 @@
 """Validation during training: a net's instances on the validation images, scored like ``wsi-weakseg evaluate``.
 
-Instances come from the engine's own rules (:func:`~wsi_weakseg.engine.instances.label_image`, equal to the
-blockwise merge), with the card's thresholds, at the working pixel size. Items with a ground-truth label
-map get every metric; points-only items get detection precision/recall/F1.
+Instances come from :func:`~wsi_weakseg.engine.whole.predict_instances`, the path ``evaluate`` and tuning use:
+the card's tile size and context, then the engine's own rules (:func:`~wsi_weakseg.engine.instances.label_image`,
+equal to the blockwise merge) with the card's thresholds at the working pixel size. Items with a ground-truth
+label map get every metric; points-only items get detection precision/recall/F1.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..engine.inference import STRIDE, Predictor, predict_image
-from ..engine.instances import label_image, params_from_card
+from ..engine.inference import Predictor
+from ..engine.instances import params_from_card
+from ..engine.whole import predict_instances
 from ..evaluate.metrics import evaluate_instances, evaluate_points
 from ..model.card import ModelCard
 from .dataset import EvalItem
@@ -38,7 +40,7 @@ def validate(net: torch.nn.Module, card: ModelCard, items: Sequence[EvalItem], r
     radius_px = radius_um / card.mpp
     rows = []
     for item in items:
-        labels = label_image(predict_image(predictor, item.image, context=STRIDE), params)
+        labels = predict_instances(predictor, item.image, params)
         if item.labels is not None:
             scores = evaluate_instances(labels, item.labels, radius_px=radius_px)
         else:
