@@ -126,7 +126,7 @@ def test_info_json(capsys, slide):
 def test_models_lists_default(capsys):
     code, out, err = run(capsys, "models")
     assert code == 0, err
-    assert "nuclei-points-v1 (default)" in out and "hematoxylin-baseline: " in out and "UNTRAINED" in out
+    assert "nuclei-points-v2 (default)" in out and "nuclei-points-v1: " in out and "hematoxylin-baseline: " in out and "UNTRAINED" in out
     assert "licence: CC BY-NC-SA 4.0" in out
 
 

@@ -4,7 +4,7 @@ It maps an RGB tile to the same two maps as the trained network (nucleus foregro
 nucleus-centre heatmap) by colour deconvolution (Ruifrok & Johnston's fixed H&E matrix, as in
 ``skimage.color.rgb2hed``), a Gaussian-smoothed hematoxylin threshold and a Gaussian blur of the
 foreground. It has no parameters to learn and is not a trained model: it is the deterministic stub of the
-tiling tests and a classical point of comparison (the default model is the trained ``nuclei-points-v1``).
+tiling tests and a classical point of comparison (the default model is the trained ``nuclei-points-v2``).
 
 Every operation is a table look-up or an element-wise multiply/add over array slices in a fixed order, so
 each output pixel is bit-for-bit a function of the input pixels within :attr:`receptive_radius` of it,

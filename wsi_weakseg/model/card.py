@@ -29,7 +29,7 @@ PACKAGED = Path(__file__).resolve().parents[1] / "models"
 #: The untrained, exactly local colour-deconvolution model (tests' stub, classical comparison).
 BASELINE_MODEL = "hematoxylin-baseline"
 #: The model ``segment`` uses when none is given: trained from point clicks only (issue 4, docs/training.md).
-DEFAULT_MODEL = "nuclei-points-v1"
+DEFAULT_MODEL = "nuclei-points-v2"
 HEADS = ("foreground", "centre")
 
 DEFAULT_THRESHOLDS = {
