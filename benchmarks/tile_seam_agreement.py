@@ -5,7 +5,7 @@ Merge blocks are exact for any model (``tests/engine/test_exactly_once.py``: byt
 ``context_px``). This script segments MoNuSeg training images (1000x1000 at 0.25 µm/px, ``$WSI_WEAKSEG_DATA``
 or ``../shared/data``) once with a tile larger than the working image (one tile: the whole-image result)
 and once with small tiles (many seams), with the same block size, and compares the nucleus label maps:
-identical-pixel fraction, the fraction of whole-image nuclei whose tiled twin has IoU >= 0.5, their mean
+whether the label maps are identical, the fraction of foreground pixels on which they agree, the fraction of whole-image nuclei whose tiled twin has IoU >= 0.5, their mean
 IoU, and the nucleus counts.
 
 Usage::
@@ -49,7 +49,7 @@ def agreement(whole: np.ndarray, tiled: np.ndarray) -> dict[str, float]:
         ious.append(float((m & t).sum() / (m | t).sum()))
     ious = np.array(ious)
     same = (whole > 0) == (tiled > 0)
-    return {"pixels_same_fg": float(same[fg].mean()) if fg.any() else 1.0,
+    return {"identical": float(np.array_equal(whole, tiled)), "pixels_same_fg": float(same[fg].mean()) if fg.any() else 1.0,
             "matched_iou50": float((ious >= 0.5).mean()) if len(ious) else 1.0,
             "mean_iou": float(ious.mean()) if len(ious) else 1.0,
             "n_whole": int(len(ids)), "n_tiled": int(len(np.unique(tiled[tiled > 0])))}
