@@ -26,8 +26,8 @@ MEAN_KEYS = ("aji", "object_dice", "pq", "pixel_f1", "precision", "recall", "f1"
 
 
 def validate(net: torch.nn.Module, card: ModelCard, items: Sequence[EvalItem], radius_um: float,
-             device: str = "cpu") -> dict:
-    """Mean metrics over ``items`` and the per-image rows.
+             device: str = "cpu", tta: int = 1) -> dict:
+    """Mean metrics over ``items`` and the per-image rows (``tta``: see :class:`~wsi_weakseg.engine.inference.Predictor`).
 
     Returns
     -------
@@ -35,7 +35,7 @@ def validate(net: torch.nn.Module, card: ModelCard, items: Sequence[EvalItem], r
         ``{"mean": {metric: value}, "images": [{"name", metric: value, ...}], "radius_um": ...}``; mask
         metrics average over the items that have label maps, detection metrics over all items.
     """
-    predictor = Predictor(copy.deepcopy(net), card, device)
+    predictor = Predictor(copy.deepcopy(net), card, device, tta=tta)
     params = params_from_card(card, card.mpp)
     radius_px = radius_um / card.mpp
     rows = []
