@@ -106,6 +106,65 @@ def test_compress_writes_gzipped_geojson(capsys, slide, first_run, tmp_path):
         assert fh.read() == first_run["geojson"]
 
 
+def test_switching_compress_removes_the_stale_geojson(capsys, slide, first_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "switch"
+    shutil.copytree(first_run["out"], out)
+    code, _, err = run(capsys, "segment", slide, "-o", out, "--compress", "--no-progress")
+    assert code == 0, err
+    assert listing(out) == ["he.geojson.gz", "he.ome.zarr", "he.run.json"]
+    code, _, err = run(capsys, "segment", slide, "-o", out, "--no-progress")
+    assert code == 0, err
+    assert listing(out) == ["he.geojson", "he.ome.zarr", "he.run.json"]
+    assert (out / "he.geojson").read_bytes() == first_run["geojson"]
+
+
+def test_tissue_rule_is_recorded(capsys, slide, first_run, tmp_path):
+    auto = json.loads((first_run["out"] / "he.run.json").read_text())["tissue"]
+    assert (auto["option"], auto["rule"]) == ("auto", "mask")
+    assert 0 < auto["fraction"] < auto["selected_fraction"] < 1  # the area is the tissue, not the grown mask
+    code, _, err = run(capsys, "segment", slide, "-o", tmp_path / "all", "--tissue", "all", "--no-progress")
+    assert code == 0, err
+    run_all = json.loads((tmp_path / "all" / "he.run.json").read_text())
+    assert (run_all["tissue"]["rule"], run_all["tissue"]["selected_fraction"]) == ("all", 1.0)
+    assert run_all["tissue"]["area_mm2"] == auto["area_mm2"]
+    assert run_all["tiles"]["processed"] == run_all["tiles"]["total"]
+
+
+def test_plain_image_is_segmented_whole(capsys, tmp_path):
+    """A PNG is a crop the user chose: all of it runs, even glass with a few faint cells (0 nuclei is fine)."""
+    from PIL import Image
+
+    rgb = np.full((256, 256, 3), 243, np.uint8)
+    rgb[100:104, 100:104] = (200, 150, 200)  # a speck the slide mask would drop
+    Image.fromarray(rgb).save(tmp_path / "glass.png")
+    code, out, err = run(capsys, "segment", tmp_path / "glass.png", "-o", tmp_path / "o", "--mpp", MPP,
+                         "--no-progress")
+    assert code == 0, err
+    run_json = json.loads((tmp_path / "o" / "glass.run.json").read_text())
+    assert run_json["tissue"]["rule"] == "all" and run_json["tiles"]["processed"] == 1
+
+
+def test_maps_are_registered_to_the_slide(capsys, slide, tmp_path):
+    """Declared 0.25 µm/px, the slide is read at the model's 0.5 µm/px: working pixel (0, 0) covers slide
+    pixels 0 and 1 (centres 0 and 0.25 µm), so it is centred at 0.125 µm; image level 1 (2x2 means) sits
+    a further half working pixel (0.25 µm) on, label level 1 (subsampled) does not move."""
+    code, _, err = run(capsys, "segment", slide, "-o", tmp_path / "o", "--mpp", "0.25", "--no-progress")
+    assert code == 0, err
+    root = json.loads((tmp_path / "o" / "he.ome.zarr" / "zarr.json").read_text())["attributes"]["ome"]
+    image = root["multiscales"][0]["datasets"]
+    assert image[0]["coordinateTransformations"][1]["translation"] == [0.0, 0.125, 0.125]
+    assert image[1]["coordinateTransformations"][1]["translation"] == [0.0, 0.375, 0.375]
+    labels = json.loads((tmp_path / "o" / "he.ome.zarr" / "labels" / "nuclei" / "zarr.json").read_text())
+    datasets = labels["attributes"]["ome"]["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"][1]["translation"] for d in datasets[:2]] == [[0.125, 0.125]] * 2
+    run_json = json.loads((tmp_path / "o" / "he.run.json").read_text())
+    assert run_json["nuclei_repaired"] == 0
+    assert len(run_json["model"]["weights_sha256"]) == 64
+    assert run_json["model"]["weights_sha256"] != run_json["model"]["sha256"]
+
+
 def test_info_text(capsys, slide):
     code, out, err = run(capsys, "info", slide)
     assert code == 0, err

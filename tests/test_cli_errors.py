@@ -430,6 +430,40 @@ def test_roi_without_tissue_exit_2(capsys, slides, tmp_path, out_dir, existing_o
         assert snapshot(target) == before
 
 
+def test_tissue_file_missing_or_empty_exit_2(capsys, slides, tmp_path, out_dir, existing_out):
+    empty = tmp_path / "no-polygons.geojson"
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    for target in (out_dir, existing_out):
+        for arg, fragment in ((tmp_path / "nope.geojson", "no such geojson file"), (empty, "--tissue")):
+            before = snapshot(target)
+            code, _, err = run(capsys, "segment", slides["good"], "-o", target, "--tissue", arg)
+            check_failure(code, err, 2, fragment)
+            assert snapshot(target) == before
+
+
+def test_outputs_of_another_slide_with_the_same_stem_exit_2(capsys, slides, tmp_path):
+    """``a.svs`` and ``a.ndpi`` share output names: the second is refused, the first's outputs stay."""
+    from PIL import Image
+
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", slides["good"], "-o", out, "--no-progress")
+    assert code == 0, err
+    other = tmp_path / "elsewhere" / "good.png"
+    other.parent.mkdir()
+    rgb, _ = synthetic_he(size=(256, 256), mpp=MPP, seed=5)
+    Image.fromarray(rgb).save(other)
+    before = snapshot(out)
+    code, _, err = run(capsys, "segment", other, "-o", out, "--mpp", MPP, "--no-progress")
+    check_failure(code, err, 2, "already holds the outputs of", "choose another -o")
+    assert snapshot(out) == before
+    # the same slide again (even moved: same content) is a rerun, not a collision
+    moved = tmp_path / "moved" / "good.tiff"
+    moved.parent.mkdir()
+    moved.write_bytes(slides["good"].read_bytes())
+    code, _, err = run(capsys, "segment", moved, "-o", out, "--no-progress")
+    assert code == 0, err
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_exit_2(capsys, slides, out_dir, existing_out):
     for target in (out_dir, existing_out):

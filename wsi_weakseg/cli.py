@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment nuclei of a slide: QuPath GeoJSON + OME-Zarr maps")
     seg.add_argument("slide", help="whole-slide image or plain image")
     seg.add_argument("-o", "--output", default="wsi-weakseg-output", help="output folder (default ./wsi-weakseg-output)")
+    seg.add_argument(
+        "--tissue", default="auto", metavar="auto|all|FILE",
+        help="where tiles run: auto (default: the whole image for plain images, the tissue mask for slides), "
+             "all (everything), or a QuPath GeoJSON of tissue annotations",
+    )
     _add_run_flags(seg)
 
     info = sub.add_parser("info", help="slide metadata: vendor, levels, mpp, objective, bounds, tissue fraction")
@@ -79,7 +84,8 @@ def _options(args: argparse.Namespace):
 
     return SegmentOptions(
         tile_size=args.tile_size, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-        block_size=args.block_size, mpp=args.mpp, roi=getattr(args, "roi", None), compress=args.compress,
+        block_size=args.block_size, mpp=args.mpp, roi=getattr(args, "roi", None),
+        tissue=getattr(args, "tissue", "auto"), compress=args.compress,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
 

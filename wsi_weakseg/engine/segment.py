@@ -1,24 +1,19 @@
 """``segment``: one slide in, QuPath detections and OME-Zarr maps out.
 
-Stages: open the slide at the model's pixel size, find tissue, predict maps tile by tile into an
-OME-Zarr store, extract nuclei blockwise exactly once, relabel to consecutive ids, stream the GeoJSON,
-build the pyramids, write ``run.json``. Everything is written inside a hidden temporary folder in the
-output directory and renamed into place at the end, so a failure leaves nothing behind.
+Stages, each a function with plain inputs and outputs: plan the tiles (tissue, ROI; :mod:`.plan`),
+:func:`infer_maps` tile by tile into an OME-Zarr store, :func:`extract_instances` blockwise exactly once
+and relabel them to consecutive ids, :func:`write_geojson`, build the pyramids, write ``run.json``
+(:mod:`.provenance`). Everything is written inside a hidden temporary folder in the output directory and
+renamed into place at the end (:mod:`.outputs`), so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
-import sys
-import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +21,17 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, NoTissueError, OutputError, WsiWeaksegError, ProcessingError
+from ..errors import ConfigError, NoTissueError, OutputError, ProcessingError, WsiWeaksegError
 from ..model.card import DEFAULT_MODEL, Model, load_model
-from .inference import STRIDE, Predictor, predict_tiles, tile_origins
-from .instances import InstanceParams, params_from_card
 from .features import DetectionFormat
+from .inference import STRIDE, Predictor, predict_tiles
+from .instances import InstanceParams, params_from_card
 from .merge import block_grid, iter_nuclei, run_blocks, write_label_ids
+from .outputs import OutputNames, check_collision, output_names, previous_run, publish_all, stale_outputs, staging
+from .plan import Frame, TilePlan, plan_tiles, selection_margin
 from .progress import progress_bar
+from .provenance import StageClock, model_record, slide_fingerprint, slide_record, versions, working_record
+from .regions import TissueSelection, check_tissue_option, load_roi, select_tissue
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +47,12 @@ class SegmentOptions:
     block_size: int = 1024
     mpp: float | None = None
     roi: str | None = None
+    tissue: str = "auto"
     compress: bool = False
     progress: bool = True
 
     def validate(self, card_tile: int) -> int:
+        """Check the options; return the tile size to use (the card's unless given)."""
         tile = card_tile if self.tile_size is None else self.tile_size
         if not isinstance(tile, int) or tile <= 0 or tile % STRIDE:
             raise ConfigError(f"--tile-size must be a positive multiple of {STRIDE} (e.g. 512), got {tile}")
@@ -61,28 +62,8 @@ class SegmentOptions:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.num_workers < 1:
             raise ConfigError(f"--num-workers must be >= 1, got {self.num_workers}")
+        check_tissue_option(self.tissue)
         return tile
-
-
-class StageClock:
-    """Wall and process-CPU seconds per stage (laps); CPU counts every thread of this process."""
-
-    def __init__(self) -> None:
-        self._start = self._last = (time.perf_counter(), time.process_time())
-        self.laps: dict[str, tuple[float, float]] = {}
-
-    def lap(self, stage: str) -> None:
-        now = (time.perf_counter(), time.process_time())
-        self.laps[stage] = (now[0] - self._last[0], now[1] - self._last[1])
-        self._last = now
-
-    def wall(self) -> dict[str, float]:
-        out = {f"{k}_s": round(v[0], 3) for k, v in self.laps.items()}
-        return out | {"total_s": round(self._last[0] - self._start[0], 3)}
-
-    def cpu(self) -> dict[str, float]:
-        out = {f"{k}_s": round(v[1], 3) for k, v in self.laps.items()}
-        return out | {"total_s": round(self._last[1] - self._start[1], 3)}
 
 
 @dataclass
@@ -97,76 +78,84 @@ class SegmentResult:
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
 
 
+@dataclass(frozen=True)
+class Instances:
+    """What :func:`extract_instances` leaves in the staging folder.
+
+    Attributes
+    ----------
+    blocks : list of (int, int)
+        Block indices; ``record_dir / f"{by}_{bx}.pkl"`` holds each block's owned nuclei.
+    record_dir : Path
+    sorted_keys : numpy.ndarray
+        Anchor keys of all nuclei, sorted (the rank + 1 of a key is the nucleus id).
+    n_oversized : int
+        Nuclei cut at the card's size limit.
+    n_repaired : int
+        Nuclei whose traced outline was invalid and was repaired before writing.
+    """
+
+    blocks: list[tuple[int, int]]
+    record_dir: Path
+    sorted_keys: np.ndarray
+    n_oversized: int
+    n_repaired: int = 0
+
+
 def instance_params(model: Model, mpp: float) -> InstanceParams:
     """The card's thresholds in working pixels at the working pixel size ``mpp``."""
     return params_from_card(model.card, mpp)
 
 
-def slide_fingerprint(path: Path) -> str:
-    """Cheap content identity: size plus sha256 of the first and last MiB."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(1 << 20))
-        if size > 1 << 20:
-            fh.seek(max(size - (1 << 20), 1 << 20))
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()
+def infer_maps(model: Model, view, plan: TilePlan, out, opts: SegmentOptions) -> str:
+    """Predict the planned tiles of ``view`` into ``out`` (K, H, W); return the device used."""
+    predictor = Predictor(model.net, model.card, opts.device)
+    with progress_bar(len(plan.tiles), "infer tiles", opts.progress) as bar:
+        predict_tiles(
+            predictor, view.read, tuple(view.shape), out, plan.tiles, plan.tile, model.card.context_px,
+            opts.batch_size, opts.num_workers, on_batch=bar.update,
+        )
+    return str(predictor.device)
 
 
-@contextmanager
-def staging(output_dir: Path):
-    """A hidden temporary folder in ``output_dir``, removed on failure (with the folders this run created)."""
-    # folders this run creates, deepest first: removed again on failure
-    created = [p for p in (output_dir, *output_dir.parents) if not p.exists() and not p.is_symlink()]
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = output_dir / f".wsi-weakseg-tmp-{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()
-    except OSError as exc:
-        _remove_empty(created)
-        raise OutputError(f"cannot write to output directory {output_dir}: {exc.strerror or exc}; choose another -o") from None
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
+def extract_instances(maps, labels_out, work: Path, params: InstanceParams, opts: SegmentOptions,
+                      anchor_filter=None, formatter=None) -> Instances:
+    """Nuclei of the maps (K, H, W), blockwise and exactly once; consecutive ids written to ``labels_out``.
+
+    ``work`` receives the label-key array (removed again) and the per-block nucleus records.
+    """
+    import zarr
+
+    shape = tuple(maps.shape[1:])
+    keys = zarr.create_array(
+        work / "keys.zarr", shape=shape, chunks=(opts.block_size, opts.block_size), dtype="int64", fill_value=0
+    )
+    blocks = block_grid(shape, opts.block_size)
+    with progress_bar(len(blocks), "instances", opts.progress) as bar:
+        results = run_blocks(
+            maps, keys, opts.block_size, params, work / "blocks", blocks, opts.num_workers,
+            on_done=lambda: bar.update(1), anchor_filter=anchor_filter, formatter=formatter,
+        )
+    sorted_keys = np.sort(np.concatenate([r.keys for r in results]))
+    write_label_ids(keys, labels_out, sorted_keys, opts.num_workers)
+    shutil.rmtree(work / "keys.zarr")
+    return Instances(blocks, work / "blocks", sorted_keys, int(sum(r.n_oversized for r in results)),
+                     int(sum(r.n_repaired for r in results)))
 
 
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
+def write_geojson(path: Path, instances: Instances, compress: bool) -> int:
+    """Stream the nuclei in raster order of their anchors, ids 1, 2, ...; return how many were written."""
+    from ..io.geojson import GeoJSONWriter
 
-
-def _publish_all(moves: dict[Path, Path], tmp: Path) -> None:
-    """Move each staged ``src`` to ``dst``, all or nothing: on failure, earlier moves are undone and the
-    previous outputs (parked inside ``tmp``, which is removed afterwards) are put back."""
-    done: list[tuple[Path, Path | None]] = []
-    try:
-        for src, dst in moves.items():
-            old = None
-            if dst.exists() or dst.is_symlink():
-                old = tmp / f".previous-{dst.name}"
-                os.replace(dst, old)
-            done.append((dst, old))
-            os.replace(src, dst)
-    except BaseException:
-        for dst, old in reversed(done):
-            try:
-                if dst.is_dir() and not dst.is_symlink():
-                    shutil.rmtree(dst)
-                elif dst.exists() or dst.is_symlink():
-                    dst.unlink()
-                if old is not None:
-                    os.replace(old, dst)
-            except OSError as exc:
-                log.error("could not restore %s after a failed run: %s", dst, exc)
-        raise
+    n = 0
+    with GeoJSONWriter(path, compress=compress) as out:
+        for nid, nuc in enumerate(iter_nuclei(instances.record_dir, instances.blocks), start=1):
+            head, tail = nuc.text
+            out.write_serialized(f"{head}{nid}{tail}")
+            n += 1
+    if n != len(instances.sorted_keys):
+        raise ProcessingError(f"internal error: {n} polygons for {len(instances.sorted_keys)} labels")
+    return n
 
 
 def segment(
@@ -194,185 +183,133 @@ def segment(
     Raises
     ------
     UserInputError
-        Bad input (missing/corrupt slide, missing mpp, bad options, no tissue, unwritable output).
+        Bad input (missing/corrupt slide, missing mpp, bad options, no tissue, unwritable output, outputs
+        of another slide in the way).
     ProcessingError
         Failure after the inputs were validated.
     """
-    from ..io.geojson import GeoJSONWriter
-    from ..io.omezarr import OmeZarrWriter
-    from ..slide import WorkingView, compute_tissue_mask, open_slide
+    from ..slide import open_slide
 
     opts = options or SegmentOptions()
     clock = StageClock()
     model = model if isinstance(model, Model) else load_model(model)
-    card = model.card
-    tile = opts.validate(card.tile_size)
-    if not card.trained:
-        log.warning("model %r is not a trained model: %s", card.name, card.description or "no description")
-    slide_path = Path(slide_path)
+    tile = opts.validate(model.card.tile_size)
+    if not model.card.trained:
+        log.warning("model %r is not a trained model: %s", model.card.name, model.card.description or "no description")
+    slide_path, output_dir = Path(slide_path), Path(output_dir)
     slide = open_slide(slide_path, mpp=opts.mpp)
-    output_dir = Path(output_dir)
-    stem = slide_path.name.split(".")[0] or "slide"
     try:
-        view = WorkingView(slide, card.mpp)
-        tissue = compute_tissue_mask(slide)
-        roi = _load_roi(opts.roi)
-        context = card.context_px
-        H, W = view.shape
-        s, (ox, oy) = view.scale, view.origin
-        # Output frame: level-0 pixels relative to the bounds origin (QuPath's OpenSlide server frame).
-        fx, fy = ox - slide.bounds[0], oy - slide.bounds[1]
-
-        def box0(y: int, x: int, h: int, w: int) -> tuple[float, float, float, float]:
-            return (ox + x * s, oy + y * s, ox + (x + w) * s, oy + (y + h) * s)
-
-        def wanted(y: int, x: int) -> bool:
-            b = box0(y - context, x - context, tile + 2 * context, tile + 2 * context)
-            if not tissue.region_has_tissue(*b):
-                return False
-            return roi is None or roi.intersects(_box(b, slide.bounds[:2]))
-
-        def roi_has_tissue(y: int, x: int) -> bool:
-            part = roi.intersection(_box(box0(y, x, tile, tile), slide.bounds[:2]))
-            if part.is_empty:
-                return False
-            x0, y0, x1, y1 = part.bounds
-            bx, by = slide.bounds[:2]
-            return tissue.region_has_tissue(x0 + bx, y0 + by, x1 + bx, y1 + by)
-
-        tiles = [o for o in tile_origins((H, W), tile) if wanted(*o)]
-        if roi is not None and not any(roi_has_tissue(y, x) for y, x in tiles):
-            tiles = []  # the ROI touches tiles with tissue, but not the tissue itself
-        if not tiles:
-            where = " inside --roi" if roi is not None else ""
-            raise NoTissueError(f"no tissue found in {slide_path}{where}; check the slide (or the ROI file)")
-        clock.lap("open_and_tissue")
-        log.info("%s: %d x %d working px at %.4f µm/px, %d tiles of %d", slide_path.name, W, H, view.mpp, len(tiles), tile)
-
-        with staging(output_dir) as tmp:
-            zpath = tmp / f"{stem}.ome.zarr"
-            store = OmeZarrWriter(zpath, (H, W), view.mpp, card.heads, chunk=tile, label_chunk=opts.block_size, name=stem)
-            predictor = Predictor(model.net, card, opts.device)
-            with progress_bar(len(tiles), "infer tiles", opts.progress) as bar:
-                predict_tiles(
-                    predictor, view.read, (H, W), store.image, tiles, tile, context,
-                    opts.batch_size, opts.num_workers, on_batch=bar.update,
-                )
-            clock.lap("inference")
-
-            import zarr
-
-            params = instance_params(model, view.mpp)
-            keys = zarr.create_array(
-                tmp / "keys.zarr", shape=(H, W), chunks=(opts.block_size, opts.block_size), dtype="int64", fill_value=0
-            )
-            blocks = block_grid((H, W), opts.block_size)
-            anchor_filter = None if roi is None else functools.partial(_anchor_in_roi, roi, fx, fy, s)
-
-            fingerprint = slide_fingerprint(slide_path)
-            cls = card.classes[0]
-            formatter = DetectionFormat(
-                fingerprint=fingerprint, model_sha=model.sha256, scale=s, offset=(fx, fy), mpp=view.mpp,
-                class_name=cls["name"], color=tuple(cls["color"]),
-            )
-            with progress_bar(len(blocks), "instances", opts.progress) as bar:
-                results = run_blocks(
-                    store.image, keys, opts.block_size, params, tmp / "blocks", blocks, opts.num_workers,
-                    on_done=lambda: bar.update(1), anchor_filter=anchor_filter, formatter=formatter,
-                )
-            sorted_keys = np.sort(np.concatenate([r.keys for r in results]))
-            n_oversized = int(sum(r.n_oversized for r in results))
-            write_label_ids(keys, store.labels["nuclei"], sorted_keys, opts.num_workers)
-            clock.lap("instances")
-
-            suffix = ".geojson.gz" if opts.compress else ".geojson"
-            gpath = tmp / f"{stem}{suffix}"
-            n = 0
-            with GeoJSONWriter(gpath, compress=opts.compress) as out:
-                for nid, nuc in enumerate(iter_nuclei(tmp / "blocks", blocks), start=1):
-                    head, tail = nuc.text
-                    out.write_serialized(f"{head}{nid}{tail}")
-                    n += 1
-            clock.lap("geojson")
-            if n != len(sorted_keys):
-                raise ProcessingError(f"internal error: {n} polygons for {len(sorted_keys)} labels")
-            if n_oversized:
-                log.warning(
-                    "%s: %d nucle%s reach the model's size limit (max_nucleus_um = %g µm) and were cut there; "
-                    "inspect them (large or merged nuclei) or use a model card with a larger max_nucleus_um",
-                    slide_path.name, n_oversized, "us" if n_oversized == 1 else "i", card.max_nucleus_um,
-                )
-
-            store.finalize()
-            shutil.rmtree(tmp / "keys.zarr")
-            shutil.rmtree(tmp / "blocks")
-            clock.lap("pyramid")
-
-            run = {
-                "wsi_weakseg_version": __version__,
-                "slide": {"path": str(slide_path.resolve()), "fingerprint": fingerprint, "vendor": slide.vendor,
-                          "mpp": slide.mpp, "mpp_source": slide.mpp_source, "bounds": list(slide.bounds)},
-                "coordinates": {"unit": "level-0 pixel", "origin_level0": list(slide.bounds[:2]),
-                                "note": "relative to the slide's bounds origin, as QuPath's OpenSlide server shows it"},
-                "model": {"name": card.name, "path": str(model.path) if model.path else None,
-                          "sha256": model.sha256, "trained": card.trained},
-                "working": {"mpp": view.mpp, "scale": s, "level": view.level, "resampled": view.resampled,
-                            "shape": [H, W]},
-                "config": {**asdict(opts), "tile_size": tile, "context_px": context,
-                           "halo_px": params.halo, "instance_params": asdict(params)},
-                "device": str(predictor.device),
-                "versions": _versions(),
-                "tiles": {"total": len(tile_origins((H, W), tile)), "processed": len(tiles)},
-                "tissue": {"fraction": tissue.fraction, "area_mm2": tissue.area_um2(slide.mpp) / 1e6},
-                "nuclei": n,
-                "nuclei_oversized": n_oversized,
-                "timings_s": clock.wall(),
-                "cpu_s": clock.cpu(),
-            }
-            rpath = tmp / f"{stem}.run.json"
-            rpath.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
-            final = {p: output_dir / p.name for p in (zpath, gpath, rpath)}
-            _publish_all(final, tmp)
+        return _segment_slide(slide, slide_path, output_dir, model, opts, tile, clock)
     except WsiWeaksegError:
         raise
     except OSError as exc:
         raise OutputError(f"writing outputs to {output_dir} failed: {exc}") from exc
     finally:
         slide.close()
+
+
+def _segment_slide(slide, slide_path: Path, output_dir: Path, model: Model, opts: SegmentOptions, tile: int,
+                   clock: StageClock) -> SegmentResult:
+    """:func:`segment` on an open slide: plan, then run the stages in a staging folder and publish."""
+    from ..io.omezarr import OmeZarrWriter, grid_translation_um
+    from ..slide import WorkingView
+
+    card = model.card
+    names = output_names(slide_path, opts.compress)
+    fingerprint = slide_fingerprint(slide_path)
+    previous = previous_run(output_dir, names)
+    check_collision(previous, names, slide_path, fingerprint, output_dir)
+    view = WorkingView(slide, card.mpp)
+    frame = Frame.from_view(view, slide)
+    params = instance_params(model, view.mpp)
+    roi = load_roi(opts.roi)
+    tissue = select_tissue(opts.tissue, slide)
+    plan = plan_tiles(frame, tile, selection_margin(card.context_px, params), tissue.has_tissue, roi)
+    if not plan.tiles:
+        raise NoTissueError(_no_tissue_message(slide_path, tissue.rule, roi is not None))
+    clock.lap("open_and_tissue")
+    H, W = view.shape
+    log.info("%s: %d x %d working px at %.4f µm/px, %d tiles of %d", slide_path.name, W, H, view.mpp, len(plan.tiles), tile)
+
+    with staging(output_dir) as tmp:
+        fx, fy = frame.offset
+        store = OmeZarrWriter(tmp / names.zarr, (H, W), view.mpp, card.heads, chunk=tile,
+                              label_chunk=opts.block_size, name=names.stem,
+                              translation_um=grid_translation_um((fy, fx), frame.scale, slide.mpp))
+        device = infer_maps(model, view, plan, store.image, opts)
+        clock.lap("inference")
+        cls = card.classes[0]
+        formatter = DetectionFormat(
+            fingerprint=fingerprint, model_sha=model.sha256, scale=frame.scale, offset=frame.offset, mpp=view.mpp,
+            class_name=cls["name"], color=tuple(cls["color"]),
+        )
+        anchor_filter = None if roi is None else functools.partial(frame.anchors_in, roi)
+        inst = extract_instances(store.image, store.labels["nuclei"], tmp, params, opts, anchor_filter, formatter)
+        clock.lap("instances")
+        n = write_geojson(tmp / names.geojson, inst, opts.compress)
+        clock.lap("geojson")
+        _warn_oversized(slide_path, inst.n_oversized, card.max_nucleus_um)
+        if inst.n_repaired:
+            log.warning("%s: %d nucleus outline(s) traced invalid were repaired before writing (run.json "
+                        "nuclei_repaired); please report the slide if this is frequent", slide_path.name,
+                        inst.n_repaired)
+        store.finalize()
+        shutil.rmtree(inst.record_dir)
+        clock.lap("pyramid")
+        run = _run_record(slide, slide_path, fingerprint, model, view, opts, plan, params, device, tissue,
+                          n, inst, clock)
+        (tmp / names.run_json).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+        final = _publish(tmp, output_dir, names, stale_outputs(previous, names, output_dir))
     return SegmentResult(
-        geojson=final[gpath], zarr=final[zpath], run_json=final[rpath], n_nuclei=n,
-        n_oversized=n_oversized, timings=clock.wall(),
+        geojson=final[names.geojson], zarr=final[names.zarr], run_json=final[names.run_json], n_nuclei=n,
+        n_oversized=inst.n_oversized, timings=clock.wall(),
     )
 
 
-def _anchor_in_roi(roi, fx: float, fy: float, s: float, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Whether working-pixel anchors (their centres, in the output frame) lie inside the ROI."""
-    import shapely
-
-    return shapely.contains_xy(roi, fx + (cols + 0.5) * s, fy + (rows + 0.5) * s)
-
-
-def _box(b: tuple[float, float, float, float], origin: tuple[int, int]):
-    from shapely.geometry import box
-
-    return box(b[0] - origin[0], b[1] - origin[1], b[2] - origin[0], b[3] - origin[1])
+def _publish(tmp: Path, output_dir: Path, names: OutputNames, stale: list[Path]) -> dict[str, Path]:
+    """Move the staged outputs into ``output_dir`` and remove ``stale`` files, all or nothing."""
+    final = {name: output_dir / name for name in (names.zarr, names.geojson, names.run_json)}
+    publish_all({tmp / name: dst for name, dst in final.items()}, tmp, stale)
+    return final
 
 
-def _load_roi(path: str | None):
-    if path is None:
-        return None
-    from ..io.geojson import read_roi
+def _warn_oversized(slide_path: Path, n_oversized: int, max_nucleus_um: float) -> None:
+    if n_oversized:
+        log.warning(
+            "%s: %d nucle%s reach the model's size limit (max_nucleus_um = %g µm) and were cut there; "
+            "inspect them (large or merged nuclei) or use a model card with a larger max_nucleus_um",
+            slide_path.name, n_oversized, "us" if n_oversized == 1 else "i", max_nucleus_um,
+        )
 
-    return read_roi(path)
+
+def _run_record(slide, slide_path: Path, fingerprint: str, model: Model, view, opts: SegmentOptions,
+                plan: TilePlan, params: InstanceParams, device: str, tissue: TissueSelection, n: int,
+                inst: Instances, clock: StageClock) -> dict[str, Any]:
+    """The content of ``run.json``."""
+    return {
+        "wsi_weakseg_version": __version__,
+        **slide_record(slide, slide_path, fingerprint),
+        "model": model_record(model),
+        "working": working_record(view),
+        "config": {**asdict(opts), "tile_size": plan.tile, "context_px": model.card.context_px,
+                   "halo_px": params.halo, "instance_params": asdict(params)},
+        "device": device,
+        "versions": versions(),
+        "tiles": {"total": plan.total, "processed": len(plan.tiles), "selection_margin_px": plan.margin},
+        "tissue": tissue.record(),
+        "nuclei": n,
+        "nuclei_oversized": inst.n_oversized,
+        "nuclei_repaired": inst.n_repaired,
+        "timings_s": clock.wall(),
+        "cpu_s": clock.cpu(),
+    }
 
 
-def _versions() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("torch", "numpy", "scipy", "scikit-image", "zarr", "dask", "openslide-python", "openslide-bin", "shapely"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+def _no_tissue_message(slide_path: Path, rule: str, with_roi: bool) -> str:
+    where = " inside --roi" if with_roi else ""
+    if rule == "annotations":
+        return f"no tissue found in {slide_path}{where}: no --tissue annotation overlaps it; check the files"
+    if rule == "all":
+        return f"no tissue found in {slide_path}{where}: the ROI does not overlap the image; check the ROI file"
+    return (f"no tissue found in {slide_path}{where}; check the slide (or the ROI file), or pass --tissue all "
+            "(or --tissue FILE) to choose the region yourself")
