@@ -399,10 +399,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", default=None,
-                   help="model folder or packaged name (e.g. hematoxylin-baseline); default: an untrained, "
-                        "seeded, full-width ResNet34-UNet created in the work dir")
+                   help="model folder or packaged name (e.g. hematoxylin-baseline); default: the packaged default "
+                        "model (what users get); 'stand-in': a seeded full-width ResNet34-UNet created in the work dir")
     p.add_argument("--mpp-model", type=float, default=None,
-                   help="working µm/px of the model (default: 0.5 for the created ResNet, else the card's); "
+                   help="working µm/px of the model (default: 0.5 for the stand-in, else the card's); "
                         "0.25 = full resolution, 4x the pixels")
     p.add_argument("--fit-steps", type=int, default=80,
                    help="fit the created ResNet this many steps to MoNuSeg masks not in the mosaic (default 80; 0 = untrained)")
@@ -456,9 +456,11 @@ def main(argv=None) -> int:
         setup["level0_shape"] = list(rgb.shape[:2])
         setup["mosaic_s"] = time.perf_counter() - t0
         del rgb
-        model = args.model
+        from wsi_weakseg.model.card import DEFAULT_MODEL
+
+        model = args.model or DEFAULT_MODEL
         mpp_model = args.mpp_model
-        if model is None:
+        if model == "stand-in":
             t0 = time.perf_counter()
             model = str(make_resnet_model(work / "bench-resnet34", mpp_model or 0.5, args.seed, args.fit_steps,
                                           args.grid * args.grid))

@@ -263,3 +263,30 @@ def test_invalid_outline_is_repaired_counted_and_warned(tmp_path, monkeypatch, c
     assert any("repaired" in r.getMessage() for r in caplog.records)
     nuclei = list(merge.iter_nuclei(tmp_path, [(0, 0)]))
     assert all(Polygon(n.rings[0], n.rings[1:]).is_valid for n in nuclei)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_dijkstra_equals_skimage_mcp(seed):
+    """The compiled search (engine/_geodesic.py) against skimage's MCP_Geometric on random costs with
+    impassable pixels: same costs to the last bit and the same least-cost marker wherever cost <= limit."""
+    from skimage.graph import MCP_Geometric
+
+    from wsi_weakseg.engine._geodesic import geodesic_assign
+
+    rng = np.random.default_rng(seed)
+    step = 1.0 + 2.0 * rng.random((120, 150))
+    step[rng.random(step.shape) < 0.3] = np.inf
+    free = np.argwhere(np.isfinite(step))
+    markers = free[rng.choice(len(free), 40, replace=False)]
+    limit = 25.0
+    owner, cost = geodesic_assign(step, markers[:, 0].copy(), markers[:, 1].copy(), limit)
+    mcp = MCP_Geometric(step, fully_connected=True)
+    ref_cost, _ = mcp.find_costs([tuple(m) for m in markers])
+    within = ref_cost <= limit
+    np.testing.assert_array_equal(np.isfinite(cost), within)
+    np.testing.assert_array_equal(cost[within], ref_cost[within])
+    # owner: brute force, the marker whose own single-source cost is least
+    single = np.stack([MCP_Geometric(step, fully_connected=True).find_costs([tuple(m)])[0] for m in markers])
+    expect = single.argmin(axis=0) + 1
+    np.testing.assert_array_equal(owner[within], expect[within])
+    assert (owner[~within] == 0).all()

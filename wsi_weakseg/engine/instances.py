@@ -8,8 +8,9 @@ processing (:mod:`wsi_weakseg.engine.merge`) equal to processing the whole image
    order within a square of radius ``peak_radius`` and at least ``centre_threshold``, on foreground. Ties on
    plateaus are broken by global raster position, never by window position; out-of-image pixels count as 0,
    so markers on the image border are kept.
-2. **Pixels** are assigned to the marker of least geodesic cost (Dijkstra with ``skimage.graph.MCP_Geometric``
-   through foreground pixels, step cost ``1 + path_weight * (1 - centre)``), the *propagation* rule of
+2. **Pixels** are assigned to the marker of least geodesic cost (shortest paths on the 8-connected grid
+   with ``skimage.graph.MCP_Geometric``'s costs, compiled and GIL-free in :mod:`._geodesic`, through
+   foreground pixels, step cost ``1 + path_weight * (1 - centre)``), the *propagation* rule of
    Jones, Carpenter & Golland (2005): touching nuclei split along the valley of the centre map. Costs are
    >= 1 per pixel step, so cost <= ``max_cost`` keeps a nucleus within ``max_cost`` pixels of its marker;
    a nucleus whose region would reach farther is cut there and flagged ``oversized``. Each pixel's cost is
@@ -33,9 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.graph import MCP_Geometric
 from skimage.measure import label as cc_label
 
+from ._geodesic import geodesic_assign
 from .outlines import trace_outlines
 
 _TIE_JITTER = 1e-6
@@ -148,9 +149,9 @@ def assign_pixels(
     labels : ndarray of int32
         1-based index into ``markers`` of each pixel within the cost budget, 0 elsewhere.
     owner : ndarray of int32
-        Same, without the budget (for the oversize check); 0 where unreachable.
+        Same, up to the budget plus the oversize ring (:func:`oversized`); 0 beyond.
     cost : ndarray of float64
-        Geodesic cost (inf where unreachable).
+        Geodesic cost up to the same limit (inf beyond).
     """
     shape = centre.shape
     labels = np.zeros(shape, dtype=np.int32)
@@ -160,28 +161,9 @@ def assign_pixels(
     step = 1.0 + params.path_weight * (1.0 - centre.astype(np.float64) / 255.0)
     step *= 1.0 + _TIE_JITTER * _hash01(keys)
     step[~fgm] = np.inf
-    mcp = MCP_Geometric(step, fully_connected=True)
-    cost, trace = mcp.find_costs([tuple(m) for m in markers])
-    offsets = np.asarray(mcp.offsets)
-    # Predecessor pointers, then pointer jumping to the root (a marker) of every reached pixel,
-    # on the reached pixels only.
-    idx = np.flatnonzero(trace.ravel() >= 0)
-    off = offsets[trace.ravel()[idx]].astype(np.int64)
-    ptr = np.arange(centre.size, dtype=np.int64)
-    ptr[idx] = idx - (off[:, 0] * shape[1] + off[:, 1])
-    cur = ptr[idx]
-    while True:
-        nxt = ptr[cur]
-        if np.array_equal(nxt, cur):
-            break
-        ptr[idx] = nxt
-        cur = nxt
-    root_label = np.zeros(centre.size, dtype=np.int32)
-    root_label[markers[:, 0] * shape[1] + markers[:, 1]] = np.arange(1, len(markers) + 1, dtype=np.int32)
-    owner = np.zeros(centre.size, dtype=np.int32)
-    owner[idx] = root_label[cur]
-    owner[markers[:, 0] * shape[1] + markers[:, 1]] = root_label[markers[:, 0] * shape[1] + markers[:, 1]]
-    owner = owner.reshape(shape)
+    limit = params.max_cost + _ring_margin(params)  # what oversized() reads
+    owner, cost = geodesic_assign(step, np.ascontiguousarray(markers[:, 0], dtype=np.int64),
+                                  np.ascontiguousarray(markers[:, 1], dtype=np.int64), limit)
     labels = np.where(cost <= params.max_cost, owner, 0).astype(np.int32)
     return labels, owner, cost
 

@@ -1,0 +1,103 @@
+"""Compiled, GIL-free geodesic assignment: multi-source shortest paths on the 8-connected pixel grid.
+
+The same graph and costs as ``skimage.graph.MCP_Geometric(step, fully_connected=True)``: a move from
+pixel ``a`` to its neighbour ``b`` costs ``(step[a] + step[b]) / 2`` times the move's length (1 or √2),
+pixels with an infinite step are impassable, and every marker starts at cost 0.
+
+The search is *label-correcting* (a FIFO queue, each pixel in it at most once: Bellman-Ford with a
+queue) rather than Dijkstra's heap. The costs it ends with satisfy the same shortest-path equations,
+evaluated with the same floating-point expression ``cost[a] + (step[a] + step[b]) / 2 * length`` from the
+same final predecessor costs, so they equal MCP's bit for bit; each pixel takes the marker of the pixel
+that gave its final cost. On the engine's maps the wave visits a pixel ~1.01 times on average (measured
+on a 4 Mpx MoNuSeg mosaic with nuclei-points-v2), at ~35 ns per pixel versus ~1.3 µs for skimage's
+MCP plus predecessor resolution.
+
+Two things differ from MCP, neither changing a result the engine reads:
+
+- the search stops at ``limit``: pixels of larger cost are reported unreached (cost ``inf``, owner 0).
+  The engine reads owners only up to the cost budget plus the oversize ring (:func:`instances.oversized`);
+- ties between two exactly equal paths are broken by visiting order (skimage: heap order). The instance
+  rule's position-hashed jitter makes such ties practically impossible, so both give the same owners
+  (``tests/engine/test_instances.py`` compares them on random costs).
+
+Compiled with numba (``nogil=True``), so blocks run in parallel on threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_SQRT2 = math.sqrt(2.0)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def geodesic_assign(step, marker_rows, marker_cols, limit):
+    """Least-cost marker of every pixel reachable within ``limit``.
+
+    Parameters
+    ----------
+    step : ndarray of float64, shape (h, w)
+        Per-pixel step cost, positive (``inf``: impassable).
+    marker_rows, marker_cols : ndarray of int64
+        Marker positions; marker ``i`` gets owner ``i + 1`` (a repeated position keeps the first).
+    limit : float
+        Largest cost searched.
+
+    Returns
+    -------
+    owner : ndarray of int32, shape (h, w)
+        1-based marker index, 0 where not reached within ``limit``.
+    cost : ndarray of float64, shape (h, w)
+        Geodesic cost, ``inf`` where not reached within ``limit``.
+    """
+    h, w = step.shape
+    n = h * w
+    flat = step.ravel()
+    cost = np.full(n, np.inf)
+    owner = np.zeros(n, np.int32)
+    queued = np.zeros(n, np.bool_)
+    cap = n + 1  # a ring buffer: every pixel is in the queue at most once at a time
+    queue = np.empty(cap, np.int64)
+    head = 0
+    tail = 0
+    for i in range(len(marker_rows)):
+        p = marker_rows[i] * w + marker_cols[i]
+        if cost[p] > 0.0:
+            cost[p] = 0.0
+            owner[p] = i + 1
+            queued[p] = True
+            queue[tail] = p
+            tail += 1
+    while head != tail:
+        p = queue[head]
+        head = head + 1 if head + 1 < cap else 0
+        queued[p] = False
+        c = cost[p]
+        r = p // w
+        q = p - r * w
+        sp = flat[p]
+        for dr in range(-1, 2):
+            rr = r + dr
+            if rr < 0 or rr >= h:
+                continue
+            for dc in range(-1, 2):
+                cc = q + dc
+                if (dr == 0 and dc == 0) or cc < 0 or cc >= w:
+                    continue
+                m = rr * w + cc
+                sn = flat[m]
+                if sn == np.inf:
+                    continue
+                length = 1.0 if dr == 0 or dc == 0 else _SQRT2
+                nc = c + (sp + sn) / 2.0 * length
+                if nc < cost[m] and nc <= limit:
+                    cost[m] = nc
+                    owner[m] = owner[p]
+                    if not queued[m]:
+                        queued[m] = True
+                        queue[tail] = m
+                        tail = tail + 1 if tail + 1 < cap else 0
+    return owner.reshape(h, w), cost.reshape(h, w)
