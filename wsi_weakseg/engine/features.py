@@ -3,17 +3,28 @@
 Serialising in the workers keeps the final GeoJSON pass to string concatenation. Only the id is unknown
 there (it is the anchor's global rank, known after all blocks finish), so a feature is stored as the text
 before and after its ``Label`` value.
+
+A block's nuclei are formatted together (:meth:`DetectionFormat.format_block`): coordinates of all rings
+are transformed and rounded in one numpy pass and written as text by a compiled kernel
+(:mod:`~wsi_weakseg.io._jsontext`), measurements by ``repr``. The text is byte-identical to
+``serialize_feature(nucleus_feature(...))``, the general path, which is also the fallback for any nucleus
+the fast path cannot prove identical (``tests/engine/test_features.py`` compares the two).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+import json
+
+from ..io._jsontext import MAX_ABS, polygons_text
 from ..io.geojson import nucleus_feature, serialize_feature, stable_uuid
 
 _LABEL = '"measurements":{"Label":'
+_MEASUREMENTS = ("Nucleus: Area µm^2", "Nucleus: Perimeter µm", "Nucleus: Mean probability", "Nucleus: Centre score")
 
 
 @dataclass(frozen=True)
@@ -44,24 +55,102 @@ class DetectionFormat:
 
     def __call__(self, nucleus) -> tuple[str, str]:
         """``(head, tail)`` such that ``head + str(id) + tail`` is the serialised feature."""
+        return self.format_block([nucleus])[0]
+
+    def reference(self, nucleus) -> tuple[str, str]:
+        """The same text by the general path (``nucleus_feature`` + ``serialize_feature``)."""
         rings = [r * self.scale + np.asarray(self.offset) for r in nucleus.rings]
         ay, ax = nucleus.anchor
-        ext = nucleus.rings[0]
-        perimeter = float(np.hypot(*np.diff(ext, axis=0).T).sum()) * self.mpp
         feature = nucleus_feature(
             stable_uuid(self.fingerprint, self.model_sha, ax, ay),
             rings[0],
             holes=rings[1:],
             class_name=self.class_name,
             color=self.color,
-            measurements={
-                "Label": 0,
-                "Nucleus: Area µm^2": round(nucleus.area_px * self.mpp**2, 4),
-                "Nucleus: Perimeter µm": round(perimeter, 4),
-                "Nucleus: Mean probability": round(nucleus.mean_foreground, 4),
-                "Nucleus: Centre score": round(nucleus.centre_score, 4),
-            },
+            measurements=dict(zip(("Label", *_MEASUREMENTS), (0, *self._measurements(nucleus, _perimeter(nucleus))))),
         )
         head, sep, tail = serialize_feature(feature).partition(_LABEL + "0")
         assert sep, "Label placeholder missing"
         return head + _LABEL, tail
+
+    def format_block(self, nuclei) -> list[tuple[str, str]]:
+        """``(head, tail)`` of each nucleus, as :meth:`reference` gives them, for a whole block at once."""
+        if not nuclei:
+            return []
+        rings = [r for n in nuclei for r in n.rings]
+        sizes = np.array([len(r) for r in rings], dtype=np.int64)
+        ring_starts = np.concatenate([[0], np.cumsum(sizes)])
+        poly_starts = np.concatenate([[0], np.cumsum([len(n.rings) for n in nuclei])])
+        xy = np.concatenate(rings)
+        v = np.round(xy * self.scale + np.asarray(self.offset), 2) + 0.0  # as nucleus_feature rounds
+        c = np.rint(v * 100.0)
+        exact = np.all(np.isfinite(v) & (np.abs(v) < MAX_ABS) & (c / 100.0 == v), axis=1)
+        buf, offsets, ok = polygons_text(c.astype(np.int64), ring_starts, poly_starts)
+        text = buf.tobytes().decode("ascii")
+        exact_poly = np.logical_and.reduceat(_ring_all(exact, ring_starts), poly_starts[:-1])
+        perimeters = _perimeters(xy, ring_starts, poly_starts)
+        out = []
+        for i, n in enumerate(nuclei):
+            values = self._measurements(n, perimeters[i])
+            if not (ok[i] and exact_poly[i] and np.isfinite(perimeters[i]) and all(map(np.isfinite, values))):
+                out.append(self.reference(n))  # raises the general path's error, or formats the odd case
+                continue
+            ay, ax = n.anchor
+            head = (f'{{"type":"Feature","id":"{stable_uuid(self.fingerprint, self.model_sha, ax, ay)}",'
+                    f'"geometry":{{"type":"Polygon","coordinates":{text[offsets[i]:offsets[i + 1]]}}},'
+                    f'{self._properties}{_LABEL}')
+            tail = "".join(f",{k}:{float(x)!r}" for k, x in zip(self._keys, values)) + "}}}"
+            out.append((head, tail))
+        return out
+
+    def _measurements(self, nucleus, perimeter: float) -> tuple[float, float, float, float]:
+        return (round(nucleus.area_px * self.mpp**2, 4), round(perimeter * self.mpp, 4),
+                round(nucleus.mean_foreground, 4), round(nucleus.centre_score, 4))
+
+    @cached_property
+    def _properties(self) -> str:
+        """Text from ``"properties"`` up to the measurements, as ``serialize_feature`` writes it."""
+        cls = {"name": self.class_name, "color": [int(c) for c in self.color]}
+        return '"properties":{"objectType":"detection","classification":' + _dumps(cls) + ","
+
+    @cached_property
+    def _keys(self) -> tuple[str, ...]:
+        return tuple(_dumps(k) for k in _MEASUREMENTS)
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _perimeter(nucleus) -> float:
+    """Exterior length in working pixels."""
+    return float(np.hypot(*np.diff(nucleus.rings[0], axis=0).T).sum())
+
+
+def _ring_all(flags: np.ndarray, ring_starts: np.ndarray) -> np.ndarray:
+    """Per ring: all its vertices flagged."""
+    return np.logical_and.reduceat(flags, ring_starts[:-1])
+
+
+def _perimeters(xy: np.ndarray, ring_starts: np.ndarray, poly_starts: np.ndarray) -> np.ndarray:
+    """:func:`_perimeter` of every polygon: exact sums of |dx| + |dy| for rings on integer corners (every
+    traced outline), the per-ring numpy expression for any other (a repaired polygon)."""
+    ext = ring_starts[poly_starts[:-1]]
+    ends = ring_starts[poly_starts[:-1] + 1]
+    d = np.abs(np.diff(xy, axis=0))
+    step = d[:, 0] + d[:, 1]
+    step = np.append(step, 0.0)
+    step[ring_starts[1:] - 1] = 0.0  # no step from a ring's last vertex into the next ring
+    csum = np.concatenate([[0.0], np.cumsum(step)])
+    out = csum[ends - 1] - csum[ext]
+    on_grid = np.all(xy == np.floor(xy), axis=1)
+    integral = np.logical_and.reduceat(on_grid, ring_starts[:-1])[poly_starts[:-1]]
+    axis_aligned = np.minimum(d[:, 0], d[:, 1])
+    axis_aligned = np.append(axis_aligned, 0.0)
+    axis_aligned[ring_starts[1:] - 1] = 0.0
+    bent = np.concatenate([[0.0], np.cumsum(axis_aligned)])
+    straight = (bent[ends - 1] - bent[ext]) == 0
+    for i in np.flatnonzero(~(integral & straight & (np.abs(out) < 2**52))):
+        r = xy[ext[i] : ends[i]]
+        out[i] = float(np.hypot(*np.diff(r, axis=0).T).sum())
+    return out

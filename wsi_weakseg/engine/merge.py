@@ -25,6 +25,7 @@ import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from ..errors import ProcessingError
 from ..io.geojson import valid_polygons
 from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, global_keys, oversized
 from .outlines import trace_outlines
+
+if TYPE_CHECKING:
+    from .features import DetectionFormat
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,7 @@ def process_block(
     params: InstanceParams,
     record_dir: Path,
     anchor_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-    formatter: Callable[[Nucleus], tuple[str, str]] | None = None,
+    formatter: DetectionFormat | None = None,
 ) -> BlockResult:
     """Compute one block: label keys of its core into ``keys_out`` and its owned nuclei into a file.
 
@@ -99,8 +103,8 @@ def process_block(
     anchor_filter : callable, optional
         ``f(rows, cols) -> bool array`` on global anchor positions; nuclei it rejects (e.g. outside a
         region of interest) are removed after they competed for pixels, so the others keep their shape.
-    formatter : callable, optional
-        Serialises each owned nucleus here, in the worker (e.g. :class:`~wsi_weakseg.engine.features.DetectionFormat`).
+    formatter : DetectionFormat, optional
+        Serialises the owned nuclei here, in the worker (:meth:`~wsi_weakseg.engine.features.DetectionFormat.format_block`).
     """
     _, H, W = maps.shape
     halo = params.halo
@@ -160,7 +164,7 @@ def process_block(
             )
         )
     if formatter is not None:
-        nuclei = [dataclasses.replace(n, text=formatter(n)) for n in nuclei]
+        nuclei = [dataclasses.replace(n, text=t) for n, t in zip(nuclei, formatter.format_block(nuclei))]
     with open(record_dir / f"{by}_{bx}.pkl", "wb") as fh:
         pickle.dump(nuclei, fh, protocol=pickle.HIGHEST_PROTOCOL)
     return BlockResult(
@@ -187,7 +191,7 @@ def run_blocks(
     num_workers: int = 1,
     on_done: Callable[[], None] | None = None,
     anchor_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-    formatter: Callable[[Nucleus], tuple[str, str]] | None = None,
+    formatter: DetectionFormat | None = None,
 ) -> list[BlockResult]:
     """Process every block as an independent dask task.
 

@@ -9,25 +9,15 @@ touching its exterior at one point, which is valid), instead of one ring passing
 is not. The instance rules leave no saddles (:func:`~wsi_weakseg.engine.instances.clean_labels`), so the
 rings they give never touch at all; this rule keeps any 4-connected mask valid too.
 
-All instances of a window are traced in one vectorised pass (edges, successor permutation, cycle labels
-and list ranking by pointer doubling), so the cost per nucleus is a few microseconds instead of a
-``find_contours`` call.
+All instances of a window are traced in one compiled, GIL-free raster scan (:mod:`._trace`), a few
+microseconds per nucleus.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 
-# side: 0 top (+x), 1 right (+y), 2 bottom (-x), 3 left (-y); (dy, dx) of the neighbour across that side,
-# and start/end corner offsets (x, y) relative to the pixel's top-left corner.
-_SIDES = (
-    ((-1, 0), (0, 0), (1, 0)),
-    ((0, 1), (1, 0), (1, 1)),
-    ((1, 0), (1, 1), (0, 1)),
-    ((0, -1), (0, 1), (0, 0)),
-)
+from ._trace import trace_rings
 
 
 def trace_outlines(labels: np.ndarray, ids) -> dict[int, list[np.ndarray]]:
@@ -56,66 +46,14 @@ def trace_outlines(labels: np.ndarray, ids) -> dict[int, list[np.ndarray]]:
     ids = np.unique(np.asarray(ids, dtype=np.int64))
     if ids.size == 0:
         return {}
-    h, w = labels.shape
-    lab = np.pad(labels, 1)
-    sel = np.zeros(int(max(lab.max(), ids.max())) + 1, dtype=bool)
-    sel[ids] = True
-    ys, xs = np.nonzero(sel[lab])
-    inst = lab[ys, xs].astype(np.int64)
-    parts = []
-    for side, ((dy, dx), (sx, sy), (ex, ey)) in enumerate(_SIDES):
-        m = lab[ys + dy, xs + dx] != inst
-        n = int(m.sum())
-        parts.append(
-            np.stack([inst[m], xs[m] + sx, ys[m] + sy, xs[m] + ex, ys[m] + ey, ys[m] * (w + 2) + xs[m], np.full(n, side)])
-        )
-    e = np.concatenate(parts, axis=1)
-    cw = w + 3  # corners per row in the padded frame
-    ncorner = (h + 3) * cw
-    start = e[0] * ncorner + e[2] * cw + e[1]
-    order = np.lexsort((e[6], start))
-    e, start = e[:, order], start[order]
-    end = e[0] * ncorner + e[4] * cw + e[3]
-    n = start.size
-    succ = np.searchsorted(start, end)
-    alt = np.minimum(succ + 1, n - 1)
-    saddle = (succ + 1 < n) & (start[alt] == end)
-    # At a saddle, continue along the other pixel (see the module docstring).
-    succ = np.where(saddle & (e[5, succ] == e[5]), alt, succ)
-
-    # Rings are the cycles of the permutation ``succ``. Label them, start each at its smallest edge (its
-    # top-left-most corner; edges are sorted by instance, then corner), and rank edges along the cycle by
-    # pointer doubling: all vectorised.
-    ncyc, cyc = connected_components(csr_matrix((np.ones(n, np.int8), (np.arange(n), succ)), shape=(n, n)),
-                                     directed=True, connection="weak")
-    first = np.full(ncyc, n, dtype=np.int64)
-    np.minimum.at(first, cyc, np.arange(n))
-    start_of = first[cyc]
-    nxt = np.where(succ == start_of, np.arange(n), succ)  # cut each cycle just before its start
-    dist = (nxt != np.arange(n)).astype(np.int64)  # edges to the end of the cut cycle
-    while True:
-        jump = nxt[nxt]
-        if np.array_equal(jump, nxt):
-            break
-        dist = dist + dist[nxt]
-        nxt = jump
-    order = np.lexsort((-dist, start_of))
-    cyc_sorted = start_of[order]
-    bounds = np.flatnonzero(np.diff(cyc_sorted)) + 1
-    side = e[6, order]
-    begin = np.concatenate([[0], bounds])
-    end = np.concatenate([bounds, [n]])
-    prev_side = np.roll(side, 1)
-    prev_side[begin] = side[end - 1]
-    keep = side != prev_side
-    xy = np.stack([e[1, order], e[2, order]], axis=1).astype(np.float64) - 1.0
-    kept_counts = np.add.reduceat(keep.astype(np.int64), begin)
-    verts = np.split(xy[keep], np.cumsum(kept_counts)[:-1])
-    owners = e[0, order[begin]]
-
+    lab = np.ascontiguousarray(labels, dtype=np.int32)
+    selected = np.zeros(int(max(lab.max(), ids.max())) + 1, dtype=bool)
+    selected[ids] = True
+    xy, starts, owners = trace_rings(lab, selected)
+    xy = xy.astype(np.float64)
     out: dict[int, list[np.ndarray]] = {}
-    for k, v in zip(owners.tolist(), verts):
-        out.setdefault(k, []).append(np.concatenate([v, v[:1]]))
+    for k, a, b in zip(owners.tolist(), starts[:-1].tolist(), starts[1:].tolist()):
+        out.setdefault(k, []).append(np.concatenate([xy[a:b], xy[a : a + 1]]))
     for k, rings in out.items():
         if len(rings) > 1:  # exterior first: the ring of largest area
             areas = [abs(_area(r)) for r in rings]

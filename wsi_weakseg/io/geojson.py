@@ -16,6 +16,7 @@ QuPath facts this module follows (from QuPath's own reader and writer):
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 #: Fixed namespace of :func:`stable_uuid` (uuid5 of the project name in the URL namespace).
 #: Never change it: ids written by earlier runs would no longer match.
 PROJECT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/wsi-weakseg/wsi-weakseg")
+_NAMESPACE_BYTES = PROJECT_NAMESPACE.bytes
 
 #: Colour of the ``Nucleus`` class in written detections (an arbitrary, readable magenta).
 DEFAULT_NUCLEUS_COLOR: tuple[int, int, int] = (160, 90, 160)
@@ -78,7 +80,13 @@ def stable_uuid(*parts: object) -> str:
     False
     """
     name = "\x1f".join(str(p) for p in parts)
-    return str(uuid.uuid5(PROJECT_NAMESPACE, name))
+    # uuid.uuid5 without its object overhead (a third of the time per nucleus): SHA-1 of namespace + name,
+    # version 5 and RFC 4122 variant bits, canonical hex (tests/io compare it with uuid.uuid5).
+    d = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8")).digest()[:16])
+    d[6] = (d[6] & 0x0F) | 0x50
+    d[8] = (d[8] & 0x3F) | 0x80
+    h = d.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _ring(vertices: np.ndarray, what: str) -> list[list[float]]:

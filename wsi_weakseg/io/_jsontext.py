@@ -1,0 +1,116 @@
+"""Compiled JSON text of polygon coordinates, byte-identical to ``json.dumps`` of the rounded floats.
+
+Coordinates are given as integer hundredths ``c`` of values rounded to 2 decimals. Python writes a float
+by its shortest round-tripping repr, and for ``|v| < 2**46 / 100`` the double nearest ``c / 100`` has the
+repr ``c / 100`` in plain decimals with trailing zeros dropped (one kept: ``12.0``, ``12.5``, ``12.25``):
+doubles there are far closer than 0.01, so no shorter decimal names the same double. The callers check
+``c / 100 == v`` for every value before using this, and use ``json.dumps`` for anything else.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: Largest |value| written here; beyond it the repr argument above needs more care (never reached: slides
+#: are < 10**7 px).
+MAX_ABS = 1e12
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _put_number(buf, pos, c):
+    """Write hundredths ``c`` as Python's float repr of ``c / 100``; return the new position."""
+    if c < 0:
+        buf[pos] = 45  # '-'
+        pos += 1
+        c = -c
+    whole, frac = c // 100, c % 100
+    n = 1
+    t = whole // 10
+    while t:
+        n += 1
+        t //= 10
+    for i in range(n):
+        buf[pos + n - 1 - i] = 48 + whole % 10
+        whole //= 10
+    pos += n
+    buf[pos] = 46  # '.'
+    buf[pos + 1] = 48 + frac // 10
+    pos += 2
+    if frac % 10:
+        buf[pos] = 48 + frac % 10
+        pos += 1
+    return pos
+
+
+@numba.njit(cache=True, nogil=True)
+def polygons_text(c, ring_starts, poly_starts):
+    """``[[[x,y],...],[...]]`` text of each polygon, as ``json.dumps(..., separators=(",", ":"))`` writes it.
+
+    Each ring is rounded data as :func:`~wsi_weakseg.io.geojson.nucleus_feature` makes it: consecutive
+    repeated vertices dropped, a repeated closing vertex dropped, then closed again.
+
+    Parameters
+    ----------
+    c : ndarray of int64, shape (m, 2)
+        Hundredths of the rounded ``(x, y)`` of every ring's vertices, rings one after another.
+    ring_starts : ndarray of int64, shape (r + 1,)
+    poly_starts : ndarray of int64, shape (p + 1,)
+        Polygon ``i`` has rings ``poly_starts[i]:poly_starts[i + 1]`` (exterior first).
+
+    Returns
+    -------
+    buf : ndarray of uint8
+        ASCII text of all polygons, one after another.
+    offsets : ndarray of int64, shape (p + 1,)
+        Polygon ``i`` is ``buf[offsets[i]:offsets[i + 1]]``.
+    ok : ndarray of bool, shape (p,)
+        False where a ring has fewer than 3 distinct vertices (its text is empty; the caller raises).
+    """
+    npoly = len(poly_starts) - 1
+    buf = np.empty(64 * len(c) + 8 * len(ring_starts) + 16, np.uint8)  # <= 2 * 28 + 6 bytes per vertex
+    offsets = np.zeros(npoly + 1, np.int64)
+    ok = np.ones(npoly, np.bool_)
+    keep = np.empty(len(c), np.int64)
+    pos = 0
+    for p in range(npoly):
+        start = pos
+        buf[pos] = 91  # '['
+        pos += 1
+        for r in range(poly_starts[p], poly_starts[p + 1]):
+            a, b = ring_starts[r], ring_starts[r + 1]
+            n = 0
+            for i in range(a, b):
+                if n == 0 or c[i, 0] != c[keep[n - 1], 0] or c[i, 1] != c[keep[n - 1], 1]:
+                    keep[n] = i
+                    n += 1
+            if n > 1 and c[keep[0], 0] == c[keep[n - 1], 0] and c[keep[0], 1] == c[keep[n - 1], 1]:
+                n -= 1
+            if n < 3:
+                ok[p] = False
+                break
+            if r > poly_starts[p]:
+                buf[pos] = 44  # ','
+                pos += 1
+            buf[pos] = 91
+            pos += 1
+            for j in range(n + 1):
+                i = keep[j] if j < n else keep[0]
+                if j:
+                    buf[pos] = 44
+                    pos += 1
+                buf[pos] = 91
+                pos = _put_number(buf, pos + 1, c[i, 0])
+                buf[pos] = 44
+                pos = _put_number(buf, pos + 1, c[i, 1])
+                buf[pos] = 93  # ']'
+                pos += 1
+            buf[pos] = 93
+            pos += 1
+        if not ok[p]:
+            pos = start
+        else:
+            buf[pos] = 93
+            pos += 1
+        offsets[p + 1] = pos
+    return buf[:pos], offsets, ok
