@@ -15,7 +15,6 @@ from wsi_weakseg.engine.instances import (
     assign_pixels,
     clean_labels,
     find_markers,
-    global_keys,
     label_image,
     outline,
     saddle_cuts,
@@ -101,10 +100,9 @@ def test_touching_nuclei_split_along_the_valley():
         c[rr, cc] = np.maximum(c[rr, cc], 1 - np.hypot(rr - 20, cc - x) / 9)
     centre = np.round(c * 255).astype(np.uint8)
     fg = np.where(c > 0.1, 255, 0).astype(np.uint8)
-    keys = global_keys((0, 0), shape, shape[1])
     markers = find_markers(centre, fg, PARAMS)
     assert markers.tolist() == [[20, 20], [20, 33]]
-    labels, _, _ = assign_pixels(centre, fg, markers, PARAMS, keys)
+    labels, _, _ = assign_pixels(centre, fg, markers, PARAMS)
     labels = clean_labels(labels, markers, PARAMS)
     row = labels[20]
     assert set(row[13:26]) == {1} and set(row[28:40]) == {2}  # the split lies in the valley (x 26-27)
@@ -290,3 +288,49 @@ def test_compiled_dijkstra_equals_skimage_mcp(seed):
     expect = single.argmin(axis=0) + 1
     np.testing.assert_array_equal(owner[within], expect[within])
     assert (owner[~within] == 0).all()
+
+
+# ------------------------------------------------------------------ compiled kernels against numpy oracles
+
+
+def _numpy_hash01(keys: np.ndarray) -> np.ndarray:
+    z = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_step_costs_are_the_numpy_expression_bit_for_bit(seed):
+    from wsi_weakseg.engine._geodesic import step_costs
+
+    rng = np.random.default_rng(seed)
+    centre = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    fg = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    origin, width = (int(rng.integers(0, 10**5)), int(rng.integers(0, 10**5))), 10**6
+    rows = np.arange(origin[0], origin[0] + 37, dtype=np.int64)[:, None]
+    keys = rows * width + np.arange(origin[1], origin[1] + 53, dtype=np.int64)[None, :] + 1
+    want = 1.0 + 2.5 * (1.0 - centre.astype(np.float64) / 255.0)
+    want *= 1.0 + 1e-6 * _numpy_hash01(keys)
+    want[fg < 128] = np.inf
+    got = step_costs(centre, fg, 128, 2.5, 1e-6, origin[0], origin[1], width)
+    assert np.array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_markers_equal_the_maximum_filter_rule(seed):
+    """local_maxima == (rank == maximum_filter(rank)) & thresholds, plateaus and borders included."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    centre = (rng.integers(0, 6, (45, 61)) * 40).astype(np.uint8)  # few levels: many plateaus and ties
+    fg = np.where(rng.random((45, 61)) < 0.8, 255, 0).astype(np.uint8)
+    h, w = centre.shape
+    level = (centre >> 2).astype(np.int64)
+    rank = (level << 32) | (h * w - 1 - np.arange(h * w, dtype=np.int64).reshape(h, w))
+    best = ndi.maximum_filter(rank, size=2 * PARAMS.peak_radius + 1, mode="constant", cval=0)
+    want = np.argwhere((rank == best) & (centre >= PARAMS.centre) & (fg >= PARAMS.foreground))
+    got = find_markers(centre, fg, PARAMS)
+    assert len(want) > 5 and got.tolist() == want.tolist()

@@ -101,3 +101,71 @@ def geodesic_assign(step, marker_rows, marker_cols, limit):
                         queue[tail] = m
                         tail = tail + 1 if tail + 1 < cap else 0
     return owner.reshape(h, w), cost.reshape(h, w)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _hash01(key):
+    """splitmix64 of a raster key mapped to [0, 1) (the same bits as ``instances._hash01``)."""
+    z = np.uint64(key) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.float64(z >> np.uint64(11)) / 9007199254740992.0  # 2 ** 53
+
+
+@numba.njit(cache=True, nogil=True)
+def step_costs(centre, fg, foreground, path_weight, jitter, row0, col0, width):
+    """Per-pixel step cost ``(1 + w * (1 - centre / 255)) * (1 + jitter * hash(key))``, ``inf`` off foreground.
+
+    The same floating-point operations, in the same order, as the numpy expression it replaces, so the
+    costs are bit-identical. ``key = (row0 + i) * width + col0 + j + 1`` is the pixel's global raster key.
+    """
+    h, w = centre.shape
+    step = np.empty((h, w), np.float64)
+    for i in range(h):
+        base = (row0 + i) * width + col0 + 1
+        for j in range(w):
+            if fg[i, j] < foreground:
+                step[i, j] = np.inf
+            else:
+                s = 1.0 + path_weight * (1.0 - np.float64(centre[i, j]) / 255.0)
+                step[i, j] = s * (1.0 + jitter * _hash01(base + j))
+    return step
+
+
+@numba.njit(cache=True, nogil=True)
+def local_maxima(centre, fg, centre_min, foreground, radius, shift):
+    """Markers: pixels on foreground, ``centre >= centre_min``, that are the strict maximum of the order
+    (``centre >> shift``, earlier raster position) in the square of ``radius`` around them.
+
+    Equal to ``rank == maximum_filter(rank, 2 * radius + 1, mode="constant", cval=0)`` with ``rank`` that
+    order (ranks are unique, so "equals the window maximum" is "no pixel in the window ranks higher";
+    pixels outside the array rank lowest). Returns (n, 2) int64 (row, col) in raster order.
+    """
+    h, w = centre.shape
+    out = np.empty((h * w // 4 + 1, 2), np.int64)
+    n = 0
+    for i in range(h):
+        for j in range(w):
+            c = centre[i, j]
+            if c < centre_min or fg[i, j] < foreground:
+                continue
+            level = c >> shift
+            best = True
+            for y in range(max(0, i - radius), min(h, i + radius + 1)):
+                for x in range(max(0, j - radius), min(w, j + radius + 1)):
+                    q = centre[y, x] >> shift
+                    if q > level or (q == level and (y < i or (y == i and x < j))):
+                        best = False
+                        break
+                if not best:
+                    break
+            if best:
+                if n == len(out):
+                    bigger = np.empty((2 * len(out), 2), np.int64)
+                    bigger[:n] = out
+                    out = bigger
+                out[n, 0] = i
+                out[n, 1] = j
+                n += 1
+    return out[:n].copy()

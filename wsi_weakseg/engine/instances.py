@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label as cc_label
 
-from ._geodesic import geodesic_assign
+from ._geodesic import geodesic_assign, local_maxima, step_costs
 from .outlines import trace_outlines
 
 _TIE_JITTER = 1e-6
@@ -94,23 +94,6 @@ def params_from_card(card, mpp: float) -> InstanceParams:
     )
 
 
-def _hash01(keys: np.ndarray) -> np.ndarray:
-    """splitmix64 of integer keys, mapped to [0, 1)."""
-    z = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def global_keys(origin: tuple[int, int], shape: tuple[int, int], width: int) -> np.ndarray:
-    """Raster keys ``row * width + col + 1`` of a window's pixels (0 is reserved for background)."""
-    rows = np.arange(origin[0], origin[0] + shape[0], dtype=np.int64)[:, None]
-    cols = np.arange(origin[1], origin[1] + shape[1], dtype=np.int64)[None, :]
-    return rows * width + cols + 1
-
-
 def find_markers(centre: np.ndarray, fg: np.ndarray, params: InstanceParams) -> np.ndarray:
     """Marker positions (row, col) in the window, sorted in raster order.
 
@@ -127,22 +110,20 @@ def find_markers(centre: np.ndarray, fg: np.ndarray, params: InstanceParams) -> 
         that edge is the image edge, and the caller must discard them. Out-of-image pixels (0) never beat
         a marker (centre >= 1), so markers on the image border survive.
     """
-    size = 2 * params.peak_radius + 1
-    h, w = centre.shape
-    # Total order (level, earlier raster position): one max filter finds each window's unique winner.
-    # Window-relative raster order equals global raster order, so ties never depend on the window.
-    level = (centre >> _PEAK_SHIFT).astype(np.int64)  # coarser levels: a 1/255 wobble rarely moves a maximum
-    rank = (level << 32) | (h * w - 1 - np.arange(h * w, dtype=np.int64).reshape(h, w))
-    best = ndi.maximum_filter(rank, size=size, mode="constant", cval=0)
-    cand = (rank == best) & (centre >= params.centre) & (fg >= params.foreground)
-    out = np.argwhere(cand).astype(np.int64)  # raster order
-    return out
+    # Total order (level, earlier raster position); window-relative raster order equals global raster
+    # order, so ties never depend on the window. Coarser levels: a 1/255 wobble rarely moves a maximum.
+    return local_maxima(np.ascontiguousarray(centre, dtype=np.uint8), np.ascontiguousarray(fg, dtype=np.uint8),
+                        params.centre, params.foreground, params.peak_radius, _PEAK_SHIFT)
 
 
 def assign_pixels(
-    centre: np.ndarray, fg: np.ndarray, markers: np.ndarray, params: InstanceParams, keys: np.ndarray
+    centre: np.ndarray, fg: np.ndarray, markers: np.ndarray, params: InstanceParams,
+    origin: tuple[int, int] = (0, 0), width: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Geodesic assignment of foreground pixels to markers.
+
+    ``origin`` (row, col) is the window's place in the image of ``width`` columns (default: the window is
+    the image); it gives each pixel's global raster key, which seeds the tie-breaking jitter.
 
     Returns
     -------
@@ -157,10 +138,9 @@ def assign_pixels(
     labels = np.zeros(shape, dtype=np.int32)
     if len(markers) == 0:
         return labels, labels.copy(), np.full(shape, np.inf)
-    fgm = fg >= params.foreground
-    step = 1.0 + params.path_weight * (1.0 - centre.astype(np.float64) / 255.0)
-    step *= 1.0 + _TIE_JITTER * _hash01(keys)
-    step[~fgm] = np.inf
+    width = shape[1] if width is None else width
+    step = step_costs(np.ascontiguousarray(centre, dtype=np.uint8), np.ascontiguousarray(fg, dtype=np.uint8),
+                      params.foreground, float(params.path_weight), _TIE_JITTER, origin[0], origin[1], width)
     limit = params.max_cost + _ring_margin(params)  # what oversized() reads
     owner, cost = geodesic_assign(step, np.ascontiguousarray(markers[:, 0], dtype=np.int64),
                                   np.ascontiguousarray(markers[:, 1], dtype=np.int64), limit)
@@ -357,7 +337,7 @@ def label_image(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
     """
     fg, centre = np.asarray(maps[0]), np.asarray(maps[1])
     markers = find_markers(centre, fg, params)
-    labels, _, _ = assign_pixels(centre, fg, markers, params, global_keys((0, 0), fg.shape, fg.shape[1]))
+    labels, _, _ = assign_pixels(centre, fg, markers, params)
     labels = clean_labels(labels, markers, params)
     kept = np.zeros(len(markers) + 1, dtype=bool)
     kept[np.unique(labels)] = True

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ProcessingError
 from ..io.geojson import valid_polygons
-from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, global_keys, oversized
+from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, oversized
 from .outlines import trace_outlines
 
 if TYPE_CHECKING:
@@ -113,19 +113,18 @@ def process_block(
     wy, wx = y0 - halo, x0 - halo
     win = read_window(maps, wy, wx, (y1 - y0) + 2 * halo, (x1 - x0) + 2 * halo)
     fg, centre = win[0], win[1]
-    keys = global_keys((wy, wx), fg.shape, W)
     markers = find_markers(centre, fg, params)
     r = params.peak_radius
     h, w = fg.shape
     ok = (markers[:, 0] >= r) & (markers[:, 0] < h - r) & (markers[:, 1] >= r) & (markers[:, 1] < w - r)
     markers = markers[ok]
-    labels, owner, cost = assign_pixels(centre, fg, markers, params, keys)
+    labels, owner, cost = assign_pixels(centre, fg, markers, params, (wy, wx), W)
     labels = clean_labels(labels, markers, params)
     if anchor_filter is not None and len(markers):
         rejected = np.concatenate([[False], ~anchor_filter(markers[:, 0] + wy, markers[:, 1] + wx)])
         labels[rejected[labels]] = 0
     flags = oversized(owner, cost, len(markers), params)
-    marker_keys = np.concatenate([[0], keys[markers[:, 0], markers[:, 1]]]) if len(markers) else np.zeros(1, np.int64)
+    marker_keys = np.concatenate([[0], (markers[:, 0] + wy) * W + markers[:, 1] + wx + 1]).astype(np.int64)
     core = labels[halo : halo + (y1 - y0), halo : halo + (x1 - x0)]
     keys_out[y0:y1, x0:x1] = marker_keys[core]
 
