@@ -20,7 +20,9 @@ Two things differ from MCP, neither changing a result the engine reads:
   rule's position-hashed jitter makes such ties practically impossible, so both give the same owners
   (``tests/engine/test_instances.py`` compares them on random costs).
 
-Compiled with numba (``nogil=True``), so blocks run in parallel on threads.
+Compiled with numba (``nogil=True``), so blocks run in parallel on threads. The module also holds the
+instance rule's other per-pixel kernels: :func:`step_costs` (the step cost above) and :func:`local_maxima`
+(the markers).
 """
 
 from __future__ import annotations
