@@ -66,3 +66,18 @@ def test_ramps_and_cosine_lr_follow_the_epochs_run():
     assert lrs == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466], rel=1e-6)
     step = make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), cfg["optim"])
     assert isinstance(step, torch.optim.lr_scheduler.StepLR)
+
+
+def test_colorizer_pool_sets_the_grid_of_prediction_and_target():
+    from wsi_weakseg.train.points_recipe import Colorizer
+
+    prob = torch.rand(2, 1, 32, 48)
+    full, half = Colorizer(pool=1), Colorizer(pool=2)
+    assert full(prob).shape == (2, 3, 32, 48)
+    assert half(prob).shape == (2, 3, 16, 24)
+    rgb = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    assert torch.equal(full.reduce(rgb), rgb)
+    # pool 2: each output pixel is the mean of its 2x2 block (hand-worked for the first block: 0, 1, 4, 5)
+    assert half.reduce(rgb)[0, 0, 0, 0].item() == pytest.approx((0 + 1 + 4 + 5) / 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        Colorizer(pool=0)
