@@ -334,3 +334,26 @@ def test_compiled_markers_equal_the_maximum_filter_rule(seed):
     want = np.argwhere((rank == best) & (centre >= PARAMS.centre) & (fg >= PARAMS.foreground))
     got = find_markers(centre, fg, PARAMS)
     assert len(want) > 5 and got.tolist() == want.tolist()
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two label arrays split the pixels identically (ids may differ), background to background."""
+    if not np.array_equal(a == 0, b == 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def test_label_image_of_a_window_labels_its_interior_as_the_whole_image():
+    """A window that says where it sits (origin, width) breaks geodesic ties as the slide does."""
+    maps = _noisy(3, shape=(200, 240))
+    maps[1] = np.round(maps[1] / 255 * 2) * 127  # three centre levels: many equal-cost paths, so ties matter
+    whole = label_image(maps, NOISY)
+    r0, c0, h, w = 37, 53, 130, 150
+    inner = (slice(NOISY.halo, h - NOISY.halo), slice(NOISY.halo, w - NOISY.halo))
+    window = maps[:, r0:r0 + h, c0:c0 + w]
+    core = whole[r0:r0 + h, c0:c0 + w][inner]
+    assert core.max() >= 20
+    assert _same_partition(label_image(window, NOISY, (r0, c0), maps.shape[2])[inner], core)
+    # The oracle can fail: the same window labelled as if it were the image breaks some ties differently.
+    assert not _same_partition(label_image(window, NOISY)[inner], core)

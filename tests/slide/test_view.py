@@ -138,6 +138,12 @@ def test_bounds_origin_and_shape(tmp_path):
         assert view.resampled and view.origin == (101, 61)
         assert view.shape == (int(384 / 1.6), int(512 / 1.6))
         assert view.to_level0(10, 20) == (101 + 16.0, 61 + 32.0)
+        # QuPath's half-pixel convention: working pixel (0, 0) spans level-0 [101, 102.6) x [61, 62.6),
+        # so its centre is at (101.8, 61.8); from_level0 inverts to_level0, on arrays too.
+        assert view.to_level0(0.5, 0.5) == pytest.approx((101.8, 61.8))
+        xs, ys = np.array([0.0, 0.5, 10.25]), np.array([3.0, 7.5, 0.0])
+        back = view.from_level0(*view.to_level0(xs, ys))
+        np.testing.assert_allclose(back, (xs, ys), rtol=0, atol=1e-12)
         _assert_crop_consistent(view, (0, 0, 100, 120), [(3, 5, 20, 20), (50, 60, 50, 60)])
 
 

@@ -321,7 +321,9 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return rings[0]
 
 
-def label_image(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
+def label_image(
+    maps: np.ndarray, params: InstanceParams, origin: tuple[int, int] = (0, 0), width: int | None = None,
+) -> np.ndarray:
     """Instance labels of a whole in-memory image from its uint8 maps, by the same rules as the blockwise merge.
 
     Parameters
@@ -329,6 +331,10 @@ def label_image(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
     maps : ndarray (2, H, W) uint8
         Foreground and centre maps (probability x 255).
     params : InstanceParams
+    origin, width : optional
+        Where the window sits in a larger working grid of ``width`` columns (default: the window is the
+        image). The geodesic tie-breaking is keyed by global raster position, so a window read out of a
+        slide must say where it is to label its interior as ``segment`` labels the slide.
 
     Returns
     -------
@@ -337,7 +343,7 @@ def label_image(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
     """
     fg, centre = np.asarray(maps[0]), np.asarray(maps[1])
     markers = find_markers(centre, fg, params)
-    labels, _, _ = assign_pixels(centre, fg, markers, params)
+    labels, _, _ = assign_pixels(centre, fg, markers, params, origin, width)
     labels = clean_labels(labels, markers, params)
     kept = np.zeros(len(markers) + 1, dtype=bool)
     kept[np.unique(labels)] = True

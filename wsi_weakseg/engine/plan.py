@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..slide.view import grid_to_level0
 from .inference import tile_origins
 from .instances import InstanceParams
 
@@ -53,8 +54,9 @@ class Frame:
 
     def box0(self, y: int, x: int, h: int, w: int) -> tuple[float, float, float, float]:
         """Level-0 (x0, y0, x1, y1) of working rows [y, y+h) x cols [x, x+w)."""
-        s, (ox, oy) = self.scale, self.origin
-        return (ox + x * s, oy + y * s, ox + (x + w) * s, oy + (y + h) * s)
+        x0, y0 = grid_to_level0(self.origin, self.scale, x, y)
+        x1, y1 = grid_to_level0(self.origin, self.scale, x + w, y + h)
+        return (x0, y0, x1, y1)
 
     def output_box(self, b: tuple[float, float, float, float]):
         """A level-0 box as a shapely box in the output frame."""
@@ -67,8 +69,8 @@ class Frame:
         """Whether working-pixel anchors (their centres, in the output frame) lie inside ``roi``."""
         import shapely
 
-        fx, fy = self.offset
-        return shapely.contains_xy(roi, fx + (cols + 0.5) * self.scale, fy + (rows + 0.5) * self.scale)
+        fx, fy = grid_to_level0(self.offset, self.scale, cols + 0.5, rows + 0.5)
+        return shapely.contains_xy(roi, fx, fy)
 
 
 @dataclass(frozen=True)

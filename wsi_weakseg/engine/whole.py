@@ -220,7 +220,7 @@ def predict_level0(slide: Any, predictor_or_model: Any, region: Any = None, devi
     ca, cb = max(int(cols[cv].min()) - margin, 0) // tile * tile, min(int(cols[cv].max()) + 1 + margin, W)
     ra, rb = max(int(rows[rv].min()) - margin, 0) // tile * tile, min(int(rows[rv].max()) + 1 + margin, H)
     check_region_size((rb - ra, cb - ca), slide.path)
-    working = label_image(predict_maps(predictor, view.read(ra, ca, rb - ra, cb - ca)), params)
+    working = label_image(predict_maps(predictor, view.read(ra, ca, rb - ra, cb - ca)), params, (ra, ca), W)
     out = np.zeros((Y1 - Y0, X1 - X0), np.int32)
     out[np.ix_(rv, cv)] = working[np.ix_(rows[rv] - ra, cols[cv] - ca)]
     log.debug("%s: %d objects on a %dx%d level-0 window at (%d, %d)", slide.path.name, int(working.max()),

@@ -27,6 +27,21 @@ _TRUNCATE = 4.0
 _EPS = 1e-9
 
 
+def grid_to_level0(origin: tuple[int, int], scale: float, x, y) -> tuple:
+    """Level-0 (x, y) of working-grid coordinates (continuous, corner convention; arrays allowed).
+
+    Working pixel (x, y) spans level-0 ``[origin + x*scale, origin + (x+1)*scale)`` on each axis, so its
+    centre is at ``x + 0.5``. The one place this mapping is written: :class:`WorkingView`, the engine's
+    frame and the training reader all use it.
+    """
+    return origin[0] + x * scale, origin[1] + y * scale
+
+
+def level0_to_grid(origin: tuple[int, int], scale: float, x, y) -> tuple:
+    """Working-grid (x, y) of level-0 coordinates: the inverse of :func:`grid_to_level0`."""
+    return (x - origin[0]) / scale, (y - origin[1]) / scale
+
+
 class WorkingView:
     """Read a slide's bounds region at a target pixel size.
 
@@ -127,9 +142,13 @@ class WorkingView:
             self.shape[0],
         )
 
-    def to_level0(self, x: float, y: float) -> tuple[float, float]:
-        """Level-0 coordinates of working-pixel coordinates (continuous, corner convention)."""
-        return self.origin[0] + x * self.scale, self.origin[1] + y * self.scale
+    def to_level0(self, x, y) -> tuple:
+        """Level-0 coordinates of working-pixel coordinates (continuous, corner convention; arrays allowed)."""
+        return grid_to_level0(self.origin, self.scale, x, y)
+
+    def from_level0(self, x, y) -> tuple:
+        """Working-pixel coordinates of level-0 coordinates (the inverse of :meth:`to_level0`)."""
+        return level0_to_grid(self.origin, self.scale, x, y)
 
     def read(self, y: int, x: int, height: int, width: int) -> np.ndarray:
         """Read working pixels [y, y+height) x [x, x+width).

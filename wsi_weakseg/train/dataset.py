@@ -103,10 +103,9 @@ class ReadItem:
     info: dict = field(default_factory=dict)
 
 
-def _nearest_grid(n: int, start: int, scale: float, origin: int, size: int) -> np.ndarray:
-    """Level-0 indices of working pixel centres ``start .. start+n-1`` (nearest neighbour)."""
-    idx = np.floor(origin + (np.arange(start, start + n) + 0.5) * scale).astype(np.int64)
-    return np.clip(idx, 0, size - 1)
+def _nearest_grid(centres0: np.ndarray, size: int) -> np.ndarray:
+    """Level-0 indices of the pixels holding level-0 positions ``centres0`` (nearest neighbour), clipped."""
+    return np.clip(np.floor(centres0).astype(np.int64), 0, size - 1)
 
 
 def read_item(item, mpp: float) -> ReadItem:
@@ -126,27 +125,25 @@ def read_item(item, mpp: float) -> ReadItem:
     points = load_item_points(item)
     with open_slide(item.image, mpp=item.mpp) as slide:
         view = WorkingView(slide, mpp)
-        bx, by = slide.bounds[:2]
-        # QuPath coordinates are relative to the bounds origin; working pixel x covers level-0
-        # [origin + x*scale, origin + (x+1)*scale).
-        ox, oy = view.origin[0] - bx, view.origin[1] - by
-        s = view.scale
+        b = np.asarray(slide.bounds[:2], np.float64)  # QuPath coordinates are relative to the bounds origin
         H, W = view.shape
         if points.regions is not None and item.kind == "slide":
             x0, y0, x1, y1 = points.regions.bounds
-            c0, r0 = max(int(math.floor((x0 - ox) / s)), 0), max(int(math.floor((y0 - oy) / s)), 0)
-            c1, r1 = min(int(math.ceil((x1 - ox) / s)), W), min(int(math.ceil((y1 - oy) / s)), H)
+            (c0, c1), (r0, r1) = view.from_level0(np.array([x0, x1]) + b[0], np.array([y0, y1]) + b[1])
+            c0, r0 = max(int(math.floor(c0)), 0), max(int(math.floor(r0)), 0)
+            c1, r1 = min(int(math.ceil(c1)), W), min(int(math.ceil(r1)), H)
         else:
             r0, c0, r1, c1 = 0, 0, H, W
         h, w = r1 - r0, c1 - c0
         check_region_size((h, w), item.image, advice=_SPLIT_ADVICE)
         rgb = view.read(r0, c0, h, w)
         source_mpp, level0 = slide.mpp, (slide.dimensions[1], slide.dimensions[0])
-    xy = (points.xy - np.array([ox, oy])) / s - np.array([c0, r0])
-    rc = np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5], axis=1)
+    px, py = view.from_level0(points.xy[:, 0] + b[0], points.xy[:, 1] + b[1])
+    rc = np.stack([py - r0 - 0.5, px - c0 - 0.5], axis=1)
     if points.regions is not None:
         yy, xx = np.mgrid[r0:r1, c0:c1]
-        annotated = shapely.contains_xy(points.regions, ox + (xx + 0.5) * s, oy + (yy + 0.5) * s).astype(np.uint8)
+        ax, ay = view.to_level0(xx + 0.5, yy + 0.5)
+        annotated = shapely.contains_xy(points.regions, ax - b[0], ay - b[1]).astype(np.uint8)
     else:
         annotated = np.ones((h, w), np.uint8)
     labels = None
@@ -155,8 +152,8 @@ def read_item(item, mpp: float) -> ReadItem:
         if gt.shape != level0:
             raise ConfigError(f"{item.labels}: label map is {gt.shape[1]}x{gt.shape[0]} but the image is "
                               f"{level0[1]}x{level0[0]}; they must share the pixel grid")
-        rows = _nearest_grid(h, r0, s, view.origin[1], gt.shape[0])
-        cols = _nearest_grid(w, c0, s, view.origin[0], gt.shape[1])
+        cx, cy = view.to_level0(np.arange(c0, c1) + 0.5, np.arange(r0, r1) + 0.5)
+        rows, cols = _nearest_grid(cy, gt.shape[0]), _nearest_grid(cx, gt.shape[1])
         labels = gt[np.ix_(rows, cols)].astype(np.int32)
     return ReadItem(item.image.stem, rgb, rc, annotated, view.mpp, source_mpp, labels,
                     {"points": len(points), "dropped_outside": points.n_dropped_outside,
