@@ -124,5 +124,5 @@ def test_oversized_nucleus_warns(mosaic: Path, tmp_path: Path, caplog):
     with caplog.at_level(logging.WARNING):
         res = segment(slide, tmp_path / "out", BASELINE_MODEL, options=SegmentOptions(progress=False))
     assert res.n_oversized >= 1
-    assert any("max_nucleus_um" in r.getMessage() for r in caplog.records)
+    assert any("max_reach_um" in r.getMessage() for r in caplog.records)
     assert json.loads(res.run_json.read_text())["nuclei_oversized"] == res.n_oversized

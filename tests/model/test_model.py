@@ -142,7 +142,7 @@ def test_identity_covers_result_affecting_card_fields_not_prose(tmp_path):
     assert load_model(folder).sha256 == base
     card = load_model(folder).card
     for change in ({"thresholds": {**card.thresholds, "foreground": 0.45}}, {"mpp": 0.25},
-                   {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}, {"max_nucleus_um": 30.0},
+                   {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}, {"max_reach_um": 30.0},
                    {"context_px": 96}, {"trained": False}):
         edited = tmp_path / f"m-{next(iter(change))}"
         edited.mkdir()
@@ -200,3 +200,15 @@ def test_baseline_card_context_is_the_measured_one(shared_data):
                                      candidates=(0, 32, 64))
     assert context == model.card.context_px == 32
     assert steps[0].max_abs > 0 and steps[1].max_abs == 0.0
+
+
+def test_former_card_key_max_nucleus_um_is_read_and_keeps_the_identity():
+    """max_nucleus_um (a misleading name: it is a geodesic reach, not a diameter) still loads, same sha256."""
+    base = ModelCard(name="m", architecture="hematoxylin-baseline", mpp=0.5).to_dict()
+    legacy = {k: v for k, v in base.items() if k != "max_reach_um"} | {"max_nucleus_um": 20.0}
+    old, new = ModelCard.from_dict(legacy), ModelCard.from_dict(base)
+    assert old == new and old.max_reach_um == 20.0
+    assert identity_sha256(old, None) == identity_sha256(new, None)
+    assert identity_sha256(ModelCard.from_dict({**base, "max_reach_um": 21.0}), None) != identity_sha256(new, None)
+    with pytest.raises(ModelCardError, match="former name"):
+        ModelCard.from_dict({**base, "max_nucleus_um": 20.0})

@@ -88,7 +88,7 @@ def params_from_card(card, mpp: float) -> InstanceParams:
         foreground=int(math.ceil(t["foreground"] * 255)),
         centre=max(1, int(math.ceil(t["centre"] * 255))),
         peak_radius=max(1, int(round(t["peak_radius_um"] / mpp))),
-        max_cost=card.max_nucleus_um / mpp,
+        max_cost=card.max_reach_um / mpp,
         path_weight=float(t["path_weight"]),
         min_area=max(1, int(round(t["min_area_um2"] / mpp**2))),
     )

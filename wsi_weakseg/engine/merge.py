@@ -11,8 +11,8 @@ one zarr chunk of its own (no two writers share a chunk) and its owned nuclei to
 
 Ids are then global and consecutive: the rank of each anchor in raster order. They depend only on the
 slide and model, not on tile or block sizes, so the label map and the GeoJSON are identical whatever the
-layout. The assumption is stated by the model card: no nucleus is longer than ``max_nucleus_um``; a nucleus
-whose region is cut at that size is counted and warned about.
+layout. The assumption is stated by the model card: no pixel of a nucleus is farther from its marker than the
+geodesic cost budget ``max_reach_um``; a nucleus whose region is cut at that budget is counted and warned about.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def keys_to_ids(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
         raise ProcessingError(
             f"{int(missing.sum())} label pixel(s) carry {bad.size} anchor key(s) of no emitted nucleus "
             f"(e.g. key {int(bad[0])} = row * width + col + 1): blocks disagreed about a nucleus, so the "
-            "exactly-once merge lost locality (a nucleus larger than the card's max_nucleus_um?); "
+            "exactly-once merge lost locality (a nucleus larger than the card's max_reach_um?); "
             "this is a bug, please report it with the slide and model"
         )
     return np.where(fg, pos + 1, 0).astype(np.uint32)

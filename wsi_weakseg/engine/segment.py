@@ -248,7 +248,7 @@ def _segment_slide(slide, slide_path: Path, output_dir: Path, model: Model, opts
         clock.lap("instances")
         n = write_geojson(tmp / names.geojson, inst, opts.compress)
         clock.lap("geojson")
-        _warn_oversized(slide_path, inst.n_oversized, card.max_nucleus_um)
+        _warn_oversized(slide_path, inst.n_oversized, card.max_reach_um)
         if inst.n_repaired:
             log.warning("%s: %d nucleus outline(s) traced invalid were repaired before writing (run.json "
                         "nuclei_repaired); please report the slide if this is frequent", slide_path.name,
@@ -273,12 +273,12 @@ def _publish(tmp: Path, output_dir: Path, names: OutputNames, stale: list[Path])
     return final
 
 
-def _warn_oversized(slide_path: Path, n_oversized: int, max_nucleus_um: float) -> None:
+def _warn_oversized(slide_path: Path, n_oversized: int, max_reach_um: float) -> None:
     if n_oversized:
         log.warning(
-            "%s: %d nucle%s reach the model's size limit (max_nucleus_um = %g µm) and were cut there; "
-            "inspect them (large or merged nuclei) or use a model card with a larger max_nucleus_um",
-            slide_path.name, n_oversized, "us" if n_oversized == 1 else "i", max_nucleus_um,
+            "%s: %d nucle%s reach the model's geodesic reach from their marker (max_reach_um = %g µm) and were cut there; "
+            "inspect them (large or merged nuclei) or use a model card with a larger max_reach_um",
+            slide_path.name, n_oversized, "us" if n_oversized == 1 else "i", max_reach_um,
         )
 
 

@@ -60,8 +60,13 @@ class ModelCard:
     context_px : int
         Inference context added on every side of a tile (working pixels, multiple of 32); measured so that
         tiled and whole-image maps agree within tolerance.
-    max_nucleus_um : float
-        Largest nucleus diameter (microns) the exactly-once merge supports; sets the merge overlap.
+    max_reach_um : float
+        Geodesic cost budget of a nucleus, in microns: every pixel of a nucleus is reached from its marker
+        by a path of cost at most this. Step costs are at least one per pixel step, so it also bounds the
+        straight-line distance from marker to any pixel of the nucleus (a nucleus spans at most twice it);
+        pixels beyond the budget are cut off and the nucleus is counted as oversized. It sets the merge halo
+        (:meth:`~wsi_weakseg.engine.instances.InstanceParams.halo`). Cards written before this name say
+        ``max_nucleus_um``, which is read as this field.
     heads : list of str
         Names of the output channels.
     activation : str
@@ -94,7 +99,7 @@ class ModelCard:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     tile_size: int = 512
     context_px: int = 64
-    max_nucleus_um: float = 20.0
+    max_reach_um: float = 20.0
     heads: list[str] = field(default_factory=lambda: list(HEADS))
     activation: str = "sigmoid"
     normalization: dict[str, list[float]] = field(
@@ -118,8 +123,8 @@ class ModelCard:
             problems.append(f"tile_size must be a positive multiple of 32, got {self.tile_size}")
         if self.context_px < 0 or self.context_px % 32:
             problems.append(f"context_px must be a non-negative multiple of 32, got {self.context_px}")
-        if not self.max_nucleus_um > 0:
-            problems.append("max_nucleus_um must be positive")
+        if not self.max_reach_um > 0:
+            problems.append("max_reach_um must be positive")
         if list(self.heads[:2]) != list(HEADS):
             problems.append(f"heads must start with {list(HEADS)}, got {self.heads}")
         if self.activation not in ("sigmoid", "identity"):
@@ -139,7 +144,13 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "card") -> ModelCard:
-        """Build a card from its JSON mapping, rejecting unknown keys by name."""
+        """Build a card from its JSON mapping, rejecting unknown keys by name (legacy names are read as theirs)."""
+        data = dict(data)
+        for old, new in LEGACY_KEYS.items():
+            if old in data:
+                if new in data:
+                    raise ModelCardError(f"{source}: give {new!r} only ({old!r} is its former name)")
+                data[new] = data.pop(old)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -169,6 +180,10 @@ def _bare_file_name(name: object) -> bool:
             and not any(c in name for c in "/\\:\0") and ".." not in name)
 
 
+#: Former card key -> current field. The identity hash keeps the former names (identity format 1), so a
+#: renamed field never changes a model's sha256, its detections' ids or a cohort's done-manifest.
+LEGACY_KEYS = {"max_nucleus_um": "max_reach_um"}
+
 #: Card fields that do not change what the model outputs for a slide; every other field does and is part
 #: of :attr:`Model.sha256`. (The weights file name is covered by the weights' content instead.)
 NON_RESULT_FIELDS = frozenset({"name", "description", "license", "training", "metrics", "weights", "weights_sha256"})
@@ -190,7 +205,8 @@ def identity_sha256(card: ModelCard, weights_sha256: str | None) -> str:
         (thresholds, mpp, architecture, normalisation, tile/context, classes ...) changes, and stays
         the same when only the name, description, licence, metrics or training history change.
     """
-    fields = {k: v for k, v in card.to_dict().items() if k not in NON_RESULT_FIELDS}
+    current = {new: old for old, new in LEGACY_KEYS.items()}
+    fields = {current.get(k, k): v for k, v in card.to_dict().items() if k not in NON_RESULT_FIELDS}
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
     h = hashlib.sha256(b"wsi-weakseg model identity 1\n")
     h.update((weights_sha256 or "no-weights").encode() + b"\n")
