@@ -596,3 +596,31 @@ def test_subprocess_no_tissue(slides, tmp_path):
     p = _subprocess("segment", slides["white"], "-o", tmp_path / "out", cwd=tmp_path)
     check_failure(p.returncode, p.stderr, 2, "no tissue")
     assert not (tmp_path / "out").exists()
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from wsi_weakseg.engine.lock import segment_lock
+with segment_lock(Path(sys.argv[1]), sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_second_segment_of_one_slide_into_one_folder_exit_2_until_the_holder_dies(capsys, slides, existing_out):
+    """Two segment runs never write the same outputs: the second fails at once, naming the holder."""
+    before = snapshot(existing_out)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(existing_out), "good"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run(capsys, "segment", slides["good"], "-o", existing_out, "--no-progress")
+        check_failure(code, err, 2, "another segment run", f"pid {holder.pid}", "-o")
+        assert {k: v for k, v in snapshot(existing_out).items() if k != ".good.lock"} == before
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock
+        holder.wait(timeout=60)
+    code, _, err = run(capsys, "segment", slides["good"], "-o", existing_out, "--no-progress")
+    assert code == 0, err
+    assert (existing_out / "good.geojson").exists() and not (existing_out / ".good.lock").exists()

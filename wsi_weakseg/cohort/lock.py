@@ -4,35 +4,23 @@ Every cohort attempt at a slide holds the lock while it stages, publishes and co
 output folder (or a rerun beside a killed driver's still-running worker) never compute a slide twice: the
 second attempt does not wait, it fails at once with :class:`SlideLockedError`, naming the holder.
 
-The lock is ``fcntl.flock`` (an advisory lock on the open file, released by the kernel when its process
-dies, SIGKILL included). Because a dead holder releases it, everything a *previous* attempt left in the
+The lock is :func:`wsi_weakseg.engine.lock.output_lock` (``fcntl.flock``, released by the kernel when its
+process dies, SIGKILL included). Because a dead holder releases it, everything a *previous* attempt left in the
 slide folder is stale once the lock is acquired: :func:`sweep_staging` removes its
 ``.wsi-weakseg-tmp-*`` folders (the staging of ``segment``).
 
-Notes
------
-``flock`` locks work between processes (and between threads with their own ``open``) on one host; on
-Linux NFS clients they are mapped to byte-range locks that the server arbitrates, so hosts sharing an NFS
-output folder exclude each other too (NFSv4, or v3 with a lock manager). File systems without locks raise
-:class:`OSError` at :func:`slide_lock` (a failed slide, not a silent race). A plain ``segment`` run does not
-take this lock.
+``segment`` itself also takes a lock of its own outputs (``.<stem>.lock``, :func:`~wsi_weakseg.engine.lock.segment_lock`).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
 import logging
-import os
 import shutil
-import socket
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import OutputError
+from ..engine.lock import OutputsLockedError, lock_holder, output_lock
+
+__all__ = ["LOCK_NAME", "STAGING_PREFIX", "SlideLockedError", "lock_holder", "slide_lock", "sweep_staging"]
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +29,11 @@ LOCK_NAME = ".lock"
 STAGING_PREFIX = ".wsi-weakseg-tmp-"
 
 
-class SlideLockedError(OutputError):
+class SlideLockedError(OutputsLockedError):
     """Another live process holds the slide's lock: the slide is being computed there, not twice."""
 
 
-def _holder(path: Path) -> str:
-    """Who holds the lock at ``path``, as its file records (the holder writes it just after locking)."""
-    for _ in range(50):
-        try:
-            info = json.loads(path.read_text() or "{}")
-        except FileNotFoundError:
-            break
-        except (OSError, ValueError):
-            info = {}
-        if info.get("pid"):
-            return f"pid {info['pid']} on host {info.get('host')}"
-        time.sleep(0.01)
-    return "another process"
-
-
-@contextmanager
-def slide_lock(out_dir: Path) -> Iterator[Path]:
+def slide_lock(out_dir: Path):
     """Hold the exclusive lock of the slide folder ``out_dir`` (created if needed) for the ``with`` body.
 
     Parameters
@@ -82,48 +54,9 @@ def slide_lock(out_dir: Path) -> Iterator[Path]:
     OutputError
         The folder or lock file cannot be created.
     """
-    path = out_dir / LOCK_NAME
-    for _ in range(10):  # the path can be unlinked (a holder releasing) between open and flock: try again
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # out_dir removed by a releasing holder in between
-            continue
-        except OSError as exc:
-            raise OutputError(f"cannot create the slide lock {path}: {exc.strerror or exc}; choose another -o") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise SlideLockedError(
-                    f"{out_dir.name}: being computed by {_holder(path)} (it holds {path}); not computed twice. "
-                    "Rerun the cohort when that run has finished"
-                ) from None
-            raise OutputError(f"cannot lock {path}: {exc.strerror or exc}; use a file system with locks") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # we locked a file a releasing holder had just unlinked
-    else:
-        raise SlideLockedError(f"{out_dir.name}: could not take {path}: it keeps being replaced by other processes")
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-        yield path
-    finally:
-        try:
-            path.unlink()  # while still holding it: a waiter that opened this inode sees it is gone and retries
-        except OSError:
-            pass
-        os.close(fd)
-        try:
-            out_dir.rmdir()  # only when empty
-        except OSError:
-            pass
+    busy = (f"{out_dir.name}: being computed by {{holder}} (it holds {{path}}); not computed twice. "
+            "Rerun the cohort when that run has finished")
+    return output_lock(out_dir / LOCK_NAME, busy, SlideLockedError, remove_empty_dir=True)
 
 
 def sweep_staging(out_dir: Path) -> list[Path]:

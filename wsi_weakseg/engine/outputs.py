@@ -111,25 +111,30 @@ def stale_outputs(previous: dict[str, Any] | None, names: OutputNames, output_di
 @contextmanager
 def staging(output_dir: Path) -> Iterator[Path]:
     """A hidden temporary folder in ``output_dir``, removed on failure (with the folders this run created)."""
-    # folders this run creates, deepest first: removed again on failure
-    created = [p for p in (output_dir, *output_dir.parents) if not p.exists() and not p.is_symlink()]
+    created = missing_folders(output_dir)  # removed again on failure
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         tmp = output_dir / f".wsi-weakseg-tmp-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
     except OSError as exc:
-        _remove_empty(created)
+        remove_empty(created)
         raise OutputError(f"cannot write to output directory {output_dir}: {exc.strerror or exc}; choose another -o") from None
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        remove_empty(created)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _remove_empty(folders: list[Path]) -> None:
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first (what creating it would create)."""
+    return [p for p in (folder, *folder.parents) if not p.exists() and not p.is_symlink()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` that is empty, in order (deepest first); keep the others."""
     for folder in folders:
         try:
             folder.rmdir()

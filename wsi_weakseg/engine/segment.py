@@ -26,6 +26,7 @@ from ..model.card import DEFAULT_MODEL, Model, load_model
 from .features import DetectionFormat
 from .inference import STRIDE, Predictor, predict_tiles
 from .instances import InstanceParams, params_from_card
+from .lock import segment_lock
 from .merge import block_grid, iter_nuclei, run_blocks, write_label_ids
 from .outputs import OutputNames, check_collision, output_names, previous_run, publish_all, stale_outputs, staging
 from .plan import Frame, TilePlan, plan_tiles, selection_margin
@@ -211,11 +212,18 @@ def segment(
 def _segment_slide(slide, slide_path: Path, output_dir: Path, model: Model, opts: SegmentOptions, tile: int,
                    clock: StageClock) -> SegmentResult:
     """:func:`segment` on an open slide: plan, then run the stages in a staging folder and publish."""
+    names = output_names(slide_path, opts.compress)
+    with segment_lock(output_dir, names.stem):
+        return _segment_locked(slide, slide_path, output_dir, model, opts, tile, clock, names)
+
+
+def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opts: SegmentOptions, tile: int,
+                    clock: StageClock, names: OutputNames) -> SegmentResult:
+    """:func:`_segment_slide` holding the lock of the slide's outputs."""
     from ..io.omezarr import OmeZarrWriter, grid_translation_um
     from ..slide import WorkingView
 
     card = model.card
-    names = output_names(slide_path, opts.compress)
     fingerprint = slide_fingerprint(slide_path)
     previous = previous_run(output_dir, names)
     check_collision(previous, names, slide_path, fingerprint, output_dir)
