@@ -84,6 +84,7 @@ def run(
     validate: Callable[[PointsRecipe, int], dict] | None = None,
     on_step: Callable[[int, dict], None] | None = None,
     max_steps: int | None = None,
+    after_epoch: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Train ``recipe`` for ``cfg.optim.epochs`` epochs, checkpointing into ``work_dir`` after each.
 
@@ -102,11 +103,13 @@ def run(
         ``on_step(global_step, losses)`` after each optimiser step (progress, logging).
     max_steps : int, optional
         Steps per epoch cap (tests, smoke runs).
+    after_epoch : callable, optional
+        ``after_epoch(history)`` once each epoch's checkpoint is written (training curves).
 
     Returns
     -------
     list of dict
-        Per-epoch history: epoch, mean loss, validation metrics.
+        Per-epoch history: epoch, mean loss, mean of each loss term (``terms``), validation metrics.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     # Denormal floats appear in late training (tiny gradients/Adam moments) and slow CPU kernels
@@ -147,16 +150,20 @@ def run(
             recipe.refresh_pseudo_labels()
         recipe.train(True)
         order = {k: np.resize(rng.permutation(idx), steps * bs) for k, idx in recipe.halves.items()}
-        losses = []
+        losses, terms = [], {}
         for s in range(steps):
             batches = {k: _batch(rng, recipe, order[k][s * bs : (s + 1) * bs], crop, aug) for k in order}
             logs = recipe.step(batches, epoch)
             step += 1
             losses.append(logs["loss"])
+            for name, value in logs.items():
+                if name != "loss":
+                    terms.setdefault(name, []).append(value)
             if on_step is not None:
                 on_step(step, logs)
         recipe.end_epoch()
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": step}
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": step,
+                  "terms": {k: float(np.mean(v)) for k, v in terms.items()}}
         if validate is not None:
             recipe.train(False)
             record["validation"] = validate(recipe, epoch)
@@ -170,5 +177,7 @@ def run(
             save_checkpoint(work_dir / EPOCHS_DIR / f"e{epoch:02d}.pt",
                   {"epoch": epoch, "nets": {k: recipe.nets[k].state_dict() for k in ("a", "b")}})
         log.info("epoch %d/%d: loss %.4f", epoch + 1, n_epochs, record["loss"])
+        if after_epoch is not None:
+            after_epoch(history)
     recipe.train(False)
     return history

@@ -1,6 +1,7 @@
 """``train``: data spec -> weak labels -> recipe + loop -> a model folder ``segment --model`` loads.
 
-The output folder holds ``training/`` (checkpoint, best weights, label cache) while training runs, and
+The output folder holds ``training/`` (checkpoint, best weights, label cache, ``curves.png`` redrawn each
+epoch by :mod:`~wsi_weakseg.train.curves`) while training runs, and
 ``card.json`` + ``weights.pt`` once it has finished: the card is written last, so a folder with a card is
 a finished model. The shipped net is the (net, epoch) with the best validation metric; its inference
 context is measured (tiled vs whole-image maps) rather than guessed, and its foreground/centre thresholds are
@@ -26,6 +27,7 @@ from ..errors import ConfigError
 from ..model.card import ModelCard, save_model
 from ..model.resnet_unet import ResNet34UNet
 from .checkpoint import load_checkpoint, save_checkpoint
+from .curves import CURVES, write_curves
 from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_items
 from .loop import run, steps_per_epoch
 from .points_recipe import PointsRecipe
@@ -176,7 +178,8 @@ def train(
     on_step = None
     if progress:
         on_step = _progress(steps_per_epoch(cfg, recipe, max_steps) * int(cfg["optim"]["epochs"]), True)
-    history = run(cfg, recipe, work, resume=resume, validate=on_epoch, on_step=on_step, max_steps=max_steps)
+    history = run(cfg, recipe, work, resume=resume, validate=on_epoch, on_step=on_step, max_steps=max_steps,
+                  after_epoch=lambda h: write_curves(h, work / CURVES, best))
     net = ResNet34UNet(out_channels=2, width=int(cfg["model"]["width"]))
     if (work / BEST).is_file():
         saved = load_checkpoint(work / BEST)
