@@ -4,7 +4,8 @@ The driver (this module) decides what to run, submits one :func:`~.task.process_
 ``dask.distributed`` cluster — a LocalCluster by default, or an existing scheduler — with a bounded number
 in flight, appends one ledger row per slide and attempt to ``OUT/cohort.jsonl``, and resubmits a slide
 whose failure may be transient (not a bad-input error; a dead worker) up to ``retries`` times. Dask itself
-moves a task off a worker that dies and reruns it elsewhere; no scheduling is done here.
+moves a task off a worker that dies and reruns it elsewhere; no scheduling is done here. ``OUT/report.html``
+(:mod:`.report`) is rewritten each time a slide's final row is recorded, so a running cohort can be watched.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..engine.segment import SegmentOptions
 from ..errors import CohortInputError, OutputError
 from ..model.card import DEFAULT_MODEL, PACKAGED, load_model, resolve_model_dir
 from .inputs import SlideJob
+from .report import write_report
 from .task import expected_identity, process_slide, read_done, result_row, usable_cores
 
 log = logging.getLogger(__name__)
@@ -203,14 +205,40 @@ def run_cohort(
     log.info("cohort: %d slides, %d already done, %d to run", len(jobs), len(final), len(todo))
     sha = loaded.sha256
     del loaded  # the driver needs only its identity; workers load their own copy
+    report = _Reporter(out, jobs, final, start)
     try:
         if todo:
             with _connect(co, opts.device) as (client, threads, device, resources):
-                _run(client, todo, out, (model_ref, sha), opts, co, identities, ledger, final, threads, device, resources)
+                _run(client, todo, out, (model_ref, sha), opts, co, identities, ledger, final, threads, device,
+                     resources, report)
     finally:
         ledger.close()
+    report(final=True)
     rows = [final[j.slide_id] for j in jobs]
     return CohortSummary(rows=rows, ledger=ledger.path, seconds=time.perf_counter() - start)
+
+
+class _Reporter:
+    """Rewrites ``OUT/report.html`` from the final rows so far; a report that cannot be written only warns.
+
+    Between slides it waits ten times as long as the last rewrite took, so a cohort of thousands of slides
+    spends at most about a tenth of the driver's time on its report; the last rewrite (``final``) always runs.
+    """
+
+    def __init__(self, out: Path, jobs: Sequence[SlideJob], final: dict[str, dict[str, Any]], start: float) -> None:
+        self.out, self.jobs, self.final, self.start = out, jobs, final, start
+        self.next_at = 0.0
+
+    def __call__(self, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not (final or now >= self.next_at) or not self.final:
+            return
+        rows = [self.final[j.slide_id] for j in self.jobs if j.slide_id in self.final]
+        try:
+            write_report(self.out, rows, seconds=now - self.start, pending=len(self.jobs) - len(rows))
+        except OSError as exc:
+            log.warning("cannot write the cohort report in %s: %s", self.out, exc.strerror or exc)
+        self.next_at = time.perf_counter() + 10 * (time.perf_counter() - now)
 
 
 def _model_ref(model: str | os.PathLike) -> str:
@@ -219,8 +247,9 @@ def _model_ref(model: str | os.PathLike) -> str:
     return folder.name if folder.parent == PACKAGED.resolve() else str(folder)
 
 
-def _run(client, todo, out, model, opts, co, identities, ledger, final, threads, device, resources) -> None:
-    """Submit ``todo`` with at most ``limit`` in flight; record each result; resubmit transient failures."""
+def _run(client, todo, out, model, opts, co, identities, ledger, final, threads, device, resources, report) -> None:
+    """Submit ``todo`` with at most ``limit`` in flight; record each result (then ``report()``); resubmit
+    transient failures."""
     from distributed import as_completed
 
     from ..engine.progress import progress_bar
@@ -271,6 +300,7 @@ def _run(client, todo, out, model, opts, co, identities, ledger, final, threads,
             ledger.write(row, attempt)
             if not retry:
                 final[job.slide_id] = row
+                report()
                 bar.update(1)
                 bar.set_postfix_str(f"{sum(r['status'] == 'failed' for r in final.values())} failed")
             submit()
