@@ -52,6 +52,10 @@ def add_parser(sub) -> None:
     p.add_argument("--split", choices=("train", "validation", "test"),
                    help="model mode: spec split to evaluate (default validation)")
     p.add_argument("--device", help="model mode: auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--overlays", metavar="DIR",
+                   help="write DIR/<image>.overlay.png per image with label maps on both sides: matches (IoU > 0.5), "
+                   "false positives, misses and merges outlined in colour-blind-safe colours with a legend; over "
+                   "the image in model mode, over a grey stand-in (ground-truth nuclei darker) in file mode")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"with --spec, give no {', '.join(given)}: the spec names the images, ground truth, "
                               "pixel sizes and point classes")
         report = evaluate_model(args.spec, model=args.model, split=args.split or "validation",
-                                device=args.device or "auto", radius_um=radius_um, radius_px=args.radius_px)
+                                device=args.device or "auto", radius_um=radius_um, radius_px=args.radius_px,
+                                overlays=args.overlays)
     else:
         given = [name for name, v in (("--model", args.model), ("--split", args.split), ("--device", args.device))
                  if v]
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.pred or not args.gt:
             raise ConfigError("give PRED and GT (files or folders), or --spec SPEC to run a model")
         report = evaluate_files(args.pred, args.gt, mpp=args.mpp, radius_um=radius_um, radius_px=args.radius_px,
-                                point_classes=args.point_class)
+                                point_classes=args.point_class, overlays=args.overlays)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_table(report))
     return 0
 

@@ -144,3 +144,17 @@ def one_to_one(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray) -> np.ndarr
             hit = edge[ri, ci]
             chosen.append(hit[hit >= 0])
     return np.sort(np.concatenate(chosen))
+
+
+def iou_matches(t: Overlap, iou_threshold: float = 0.5) -> np.ndarray:
+    """Indices into ``t``'s pairs of the matched (gt, pred) objects: IoU **strictly** above ``iou_threshold``.
+
+    At 0.5 or above such pairs are unique by construction (each object has at most one partner over half
+    its union); below 0.5 a one-to-one matching with the most matches and then the largest total IoU is
+    chosen (:func:`one_to_one`). The matching of panoptic quality and of ``evaluate --overlays``.
+    """
+    iou = t.iou
+    cand = np.flatnonzero(iou > iou_threshold)
+    if iou_threshold < 0.5:  # candidates may conflict: match one-to-one, maximising total IoU
+        cand = cand[one_to_one(t.gi[cand], t.pj[cand], 1.0 - iou[cand])]
+    return cand

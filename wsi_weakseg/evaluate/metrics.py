@@ -31,7 +31,7 @@ from ._overlap import (
     check_pair,
     compact_labels,
     first_per_group,
-    one_to_one,
+    iou_matches,
     overlap_from_index,
     overlap_table,
 )
@@ -183,12 +183,9 @@ def _panoptic_quality(t: Overlap, iou_threshold: float) -> dict:
     n_g, n_p = t.gt_areas.size, t.pred_areas.size
     if n_g == 0 and n_p == 0:
         return {"dq": 1.0, "sq": 1.0, "pq": 1.0, "tp": 0, "fp": 0, "fn": 0}
-    iou = t.iou
-    cand = np.flatnonzero(iou > iou_threshold)
-    if iou_threshold < 0.5:  # candidates may conflict: match one-to-one, maximising total IoU
-        cand = cand[one_to_one(t.gi[cand], t.pj[cand], 1.0 - iou[cand])]
+    cand = iou_matches(t, iou_threshold)
     tp = int(cand.size)
-    sq = float(iou[cand].sum() / tp) if tp else 0.0
+    sq = float(t.iou[cand].sum() / tp) if tp else 0.0
     dq = tp / (tp + 0.5 * (n_p - tp) + 0.5 * (n_g - tp))
     return {"dq": dq, "sq": sq, "pq": dq * sq, "tp": tp, "fp": n_p - tp, "fn": n_g - tp}
 

@@ -110,6 +110,35 @@ def _score(pred: Objects, truth: Objects, radius_px: float) -> dict[str, Any]:
     return row
 
 
+def _overlay(folder: Path | None, name: str, pred: np.ndarray | None, truth: np.ndarray | None,
+             image: np.ndarray | None, used: set[str]) -> str | None:
+    """Write ``folder/<name>.overlay.png`` (a ``-2``, ``-3``... suffix if the name repeats); ``None`` if not drawn."""
+    if folder is None:
+        return None
+    if pred is None or truth is None:
+        log.info("%s: no overlay (it needs label maps, or polygons, on both sides)", name)
+        return None
+    from .overlays import write_overlay
+
+    stem, k = name, 1
+    while stem in used:
+        k += 1
+        stem = f"{name}-{k}"
+    used.add(stem)
+    path = folder / f"{stem}.overlay.png"
+    counts = write_overlay(path, pred, truth, image)
+    log.info("%s: overlay %s (%s)", name, path, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return str(path)
+
+
+def _overlay_dir(overlays: str | os.PathLike[str] | None) -> Path | None:
+    if overlays is None:
+        return None
+    from .overlays import prepare_dir
+
+    return prepare_dir(overlays)
+
+
 def _check_radius(radius_um: float, radius_px: float | None) -> None:
     for name, value in (("radius_um", radius_um), ("radius_px", radius_px)):
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -124,6 +153,7 @@ def evaluate_files(
     radius_um: float = DEFAULT_RADIUS_UM,
     radius_px: float | None = None,
     point_classes: Sequence[str] | None = None,
+    overlays: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Score prediction files against ground-truth files (two files, or two folders paired by stem).
 
@@ -139,6 +169,9 @@ def evaluate_files(
         The radius in ground-truth pixels instead (then no pixel size is needed).
     point_classes : sequence of str, optional
         Point classes of point ground truth to keep (``None``: all, merged within 1 px).
+    overlays : str or os.PathLike, optional
+        Folder (created if absent) for one ``<name>.overlay.png`` per pair with label maps on both sides
+        (:mod:`~wsi_weakseg.evaluate.overlays`; grey stand-in background, file mode has no image).
 
     Returns
     -------
@@ -146,11 +179,12 @@ def evaluate_files(
         ``images`` (one row per pair: ``name``, ``pred``, ``gt``, ``gt_kind``, ``mpp``, ``radius_px``, the
         metrics of :data:`MASK_METRICS` and :data:`DETECTION_METRICS`, ``None`` where undefined, and the
         counts ``n_pred``, ``n_gt``, ``tp``, ``fp``, ``fn``), ``mean``, ``pooled``, ``radius_um``,
-        ``radius_px`` (as given) — plain Python values.
+        ``radius_px`` (as given) — plain Python values; with ``overlays``, rows drawn carry ``overlay`` (path).
     """
     _check_radius(radius_um, radius_px)
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
         raise ConfigError(f"mpp must be a positive number of µm per pixel, got {mpp!r}")
+    folder, used = _overlay_dir(overlays), set()
     rows = []
     for name, p, g in pair_files(pred, gt):
         if file_kind(g) == "labels":
@@ -168,6 +202,9 @@ def evaluate_files(
         row = {"name": name, "pred": str(p), "gt": str(g), "gt_kind": kind, "mpp": used_mpp, "radius_px": r_px,
                **_score(objects, truth, r_px)}
         log.info("%s: AJI %s, F1 %.4f", name, row["aji"], row["f1"])
+        drawn = _overlay(folder, name, objects.labels, truth.labels, None, used)
+        if drawn:
+            row["overlay"] = drawn
         rows.append(row)
     return _report(rows, radius_um=None if radius_px is not None else radius_um, radius_px=radius_px, mode="files")
 
@@ -196,6 +233,7 @@ def evaluate_model(
     device: str = "auto",
     radius_um: float = DEFAULT_RADIUS_UM,
     radius_px: float | None = None,
+    overlays: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run a model in memory on the items of a data spec's split and score them like :func:`evaluate_files`.
 
@@ -219,6 +257,8 @@ def evaluate_model(
         ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
     radius_um, radius_px : float
         As in :func:`evaluate_files` (pixels are level-0 pixels of each item).
+    overlays : str or os.PathLike, optional
+        As in :func:`evaluate_files`, for the items with label maps, over the item's image.
 
     Returns
     -------
@@ -228,6 +268,7 @@ def evaluate_model(
     from wsi_weakseg.weak.spec import DataSpec, load_spec
 
     _check_radius(radius_um, radius_px)
+    folder, used = _overlay_dir(overlays), set()
     spec = spec if isinstance(spec, DataSpec) else load_spec(spec)
     items = spec.split(split)
     if not items:
@@ -241,12 +282,13 @@ def evaluate_model(
     if not model.card.trained:
         log.warning("model %r is not a trained model: %s", model.card.name, model.card.description)
     predictor = Predictor(model.net, model.card, device)
-    rows = [_evaluate_item(item, model.card.name, predictor, radius_um, radius_px) for item in items]
+    rows = [_evaluate_item(item, model.card.name, predictor, radius_um, radius_px, (folder, used)) for item in items]
     return _report(rows, radius_um=None if radius_px is not None else radius_um, radius_px=radius_px, mode="model",
                    model=model.card.name, spec=str(spec.path), split=split)
 
 
-def _evaluate_item(item: Any, name: str, predictor: Any, radius_um: float, radius_px: float | None) -> dict[str, Any]:
+def _evaluate_item(item: Any, name: str, predictor: Any, radius_um: float, radius_px: float | None,
+                   overlays: tuple[Path | None, set[str]] = (None, set())) -> dict[str, Any]:
     from shapely import affinity
 
     from wsi_weakseg.slide import open_slide
@@ -258,7 +300,8 @@ def _evaluate_item(item: Any, name: str, predictor: Any, radius_um: float, radiu
         labels, (x0, y0) = predict_level0(slide, predictor, region)
         bx, by = slide.bounds[:2]
         mpp, level0 = slide.mpp, slide.dimensions[::-1]
-    h, w = labels.shape
+        h, w = labels.shape
+        rgb = slide.read_region(0, x0, y0, w, h) if overlays[0] is not None and item.labels is not None else None
     if item.labels is not None:
         gt, _ = read_label_map(item.labels)
         if gt.shape != level0:
@@ -273,6 +316,9 @@ def _evaluate_item(item: Any, name: str, predictor: Any, radius_um: float, radiu
            "gt_kind": "labels" if item.labels is not None else "points", "mpp": mpp, "radius_px": r_px,
            **_score(Objects(labels=labels), truth, r_px)}
     log.info("%s: AJI %s, F1 %.4f", row["name"], row["aji"], row["f1"])
+    drawn = _overlay(overlays[0], row["name"], labels, truth.labels, rgb, overlays[1])
+    if drawn:
+        row["overlay"] = drawn
     return row
 
 
