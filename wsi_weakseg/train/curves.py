@@ -179,6 +179,6 @@ def write_curves(history: Sequence[Mapping], path: str | os.PathLike[str], best:
         if not history:
             return None
         return save_figure(curves_figure(history, best), path, dpi=DPI)
-    except Exception as exc:  # a picture must never stop a training run
+    except Exception as exc:  # noqa: BLE001 - a picture must never stop a training run
         log.warning("could not draw the training curves %s: %s: %s", path, type(exc).__name__, exc)
         return None
