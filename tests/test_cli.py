@@ -45,9 +45,9 @@ def first_run(slide: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"out": out, "geojson": (out / "he.geojson").read_bytes()}
 
 
-def test_segment_writes_exactly_three_outputs(first_run):
+def test_segment_writes_exactly_its_outputs(first_run):
     out = first_run["out"]
-    assert listing(out) == ["he.geojson", "he.ome.zarr", "he.run.json"]
+    assert listing(out) == ["he.geojson", "he.ome.zarr", "he.preview.png", "he.run.json"]
     fc = json.loads(first_run["geojson"])
     assert fc["type"] == "FeatureCollection"
     assert len(fc["features"]) > 20
@@ -63,6 +63,7 @@ def test_segment_prints_json_summary(capsys, slide, tmp_path):
     assert summary["nuclei"] > 0
     assert Path(summary["geojson"]) == tmp_path / "o" / "he.geojson"
     assert Path(summary["run"]).is_file()
+    assert summary["pictures"] == [str(tmp_path / "o" / "he.preview.png")]
 
 
 def test_run_json_provenance(first_run):
@@ -87,10 +88,12 @@ def test_rerun_into_same_output_is_identical(capsys, slide, first_run, tmp_path)
     out = tmp_path / "out"
     shutil.copytree(first_run["out"], out)
     before = zarr.open_group(str(out / "he.ome.zarr"), mode="r")["labels/nuclei/0"][:]
+    preview = (out / "he.preview.png").read_bytes()
     code, _, err = run(capsys, "segment", slide, "-o", out, "--device", "cpu", "--no-progress")
     assert code == 0, err
-    assert listing(out) == ["he.geojson", "he.ome.zarr", "he.run.json"]  # no temp folders, no parked copies
+    assert listing(out) == ["he.geojson", "he.ome.zarr", "he.preview.png", "he.run.json"]  # no temp folders, no parked copies
     assert (out / "he.geojson").read_bytes() == first_run["geojson"]
+    assert (out / "he.preview.png").read_bytes() == preview  # pictures are deterministic too
     after = zarr.open_group(str(out / "he.ome.zarr"), mode="r")["labels/nuclei/0"][:]
     assert after.dtype == before.dtype
     np.testing.assert_array_equal(after, before)
@@ -101,7 +104,7 @@ def test_compress_writes_gzipped_geojson(capsys, slide, first_run, tmp_path):
     out = tmp_path / "gz"
     code, _, err = run(capsys, "segment", slide, "-o", out, "--compress", "--no-progress")
     assert code == 0, err
-    assert listing(out) == ["he.geojson.gz", "he.ome.zarr", "he.run.json"]
+    assert listing(out) == ["he.geojson.gz", "he.ome.zarr", "he.preview.png", "he.run.json"]
     with gzip.open(out / "he.geojson.gz", "rb") as fh:
         assert fh.read() == first_run["geojson"]
 
@@ -113,10 +116,10 @@ def test_switching_compress_removes_the_stale_geojson(capsys, slide, first_run, 
     shutil.copytree(first_run["out"], out)
     code, _, err = run(capsys, "segment", slide, "-o", out, "--compress", "--no-progress")
     assert code == 0, err
-    assert listing(out) == ["he.geojson.gz", "he.ome.zarr", "he.run.json"]
+    assert listing(out) == ["he.geojson.gz", "he.ome.zarr", "he.preview.png", "he.run.json"]
     code, _, err = run(capsys, "segment", slide, "-o", out, "--no-progress")
     assert code == 0, err
-    assert listing(out) == ["he.geojson", "he.ome.zarr", "he.run.json"]
+    assert listing(out) == ["he.geojson", "he.ome.zarr", "he.preview.png", "he.run.json"]
     assert (out / "he.geojson").read_bytes() == first_run["geojson"]
 
 
@@ -197,3 +200,23 @@ def test_subprocess_info_and_version(slide, tmp_path):
     p = subprocess.run([sys.executable, "-m", "wsi_weakseg.cli", "--version"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert p.returncode == 0 and p.stdout.startswith("wsi-weakseg ")
+
+
+def test_demo_keeps_its_slide_beside_the_outputs_and_says_where_the_preview_is(capsys, tmp_path):
+    from PIL import Image
+
+    from wsi_weakseg.slide import open_slide
+
+    out = tmp_path / "demo"
+    code, stdout, err = run(capsys, "demo", "-o", out, "--model", "hematoxylin-baseline", "--no-progress")
+    assert code == 0, err
+    res = json.loads(stdout)
+    slide = Path(res["slide"])
+    assert slide.parent == out and slide.name == "demo-slide.tiff"
+    with open_slide(slide) as s:  # what QuPath opens: a real pyramid with its pixel size
+        assert s.mpp == pytest.approx(0.5) and s.level_count >= 2
+    assert Path(res["preview"]) == out / "demo-slide.preview.png" and Image.open(res["preview"]).size[0] > 500
+    assert Path(res["geojson"]).parent == out and res["nuclei_found"] > 0.8 * res["nuclei_drawn"]
+    assert sorted(p.name for p in out.iterdir()) == ["demo-slide.geojson", "demo-slide.ome.zarr",
+                                                     "demo-slide.preview.png", "demo-slide.run.json",
+                                                     "demo-slide.tiff"]

@@ -624,3 +624,10 @@ def test_second_segment_of_one_slide_into_one_folder_exit_2_until_the_holder_die
     code, _, err = run(capsys, "segment", slides["good"], "-o", existing_out, "--no-progress")
     assert code == 0, err
     assert (existing_out / "good.geojson").exists() and not (existing_out / ".good.lock").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "65"])
+def test_bad_overlay_count_exit_2_and_nothing_written(capsys, slides, out_dir, value):
+    code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir, "--overlays", value)
+    check_failure(code, err, 2, "--overlays", "0 to 64")
+    assert not out_dir.exists()

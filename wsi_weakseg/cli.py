@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import WsiWeaksegError
+from .errors import OutputError, WsiWeaksegError
 
 log = logging.getLogger("wsi_weakseg")
 
@@ -45,6 +45,10 @@ def _add_run_flags(p: argparse.ArgumentParser, roi: bool = True) -> None:
     if roi:
         p.add_argument("--roi", help="QuPath GeoJSON whose polygon annotations restrict the work")
     p.add_argument("--compress", action="store_true", help="write .geojson.gz")
+    p.add_argument("--no-preview", action="store_true",
+                   help="skip <stem>.preview.png (thumbnail, tissue outline, nuclei/mm² heat map)")
+    p.add_argument("--overlays", type=int, default=0, metavar="N",
+                   help="also write N full-resolution crops with nucleus outlines (dense, median, sparse areas)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -86,7 +90,7 @@ def _options(args: argparse.Namespace):
         tile_size=args.tile_size, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         block_size=args.block_size, mpp=args.mpp, roi=getattr(args, "roi", None),
         tissue=getattr(args, "tissue", "auto"), compress=args.compress,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress and sys.stderr.isatty(), preview=not args.no_preview, overlays=args.overlays,
     )
 
 
@@ -96,23 +100,38 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     res = segment(args.slide, args.output, args.model or DEFAULT_MODEL, _options(args))
     log.info("%d nuclei -> %s", res.n_nuclei, res.geojson)
-    print(json.dumps({"nuclei": res.n_nuclei, "geojson": str(res.geojson), "zarr": str(res.zarr), "run": str(res.run_json)}))
+    print(json.dumps({"nuclei": res.n_nuclei, "geojson": str(res.geojson), "zarr": str(res.zarr), "run": str(res.run_json),
+                      "pictures": [str(p) for p in res.pictures]}))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import tempfile
-
     from .demo import write_demo_slide
+    from .engine.outputs import missing_folders, remove_empty
     from .engine.segment import segment
     from .model.card import DEFAULT_MODEL
 
-    with tempfile.TemporaryDirectory(prefix="wsi-weakseg-demo-") as tmp:
-        slide, n_drawn = write_demo_slide(Path(tmp) / "demo-slide.tiff")
-        log.info("wrote a synthetic %d-nucleus slide; segmenting it", n_drawn)
-        res = segment(slide, args.output, args.model or DEFAULT_MODEL, _options(args))
-    print(json.dumps({"nuclei_drawn": n_drawn, "nuclei_found": res.n_nuclei, "geojson": str(res.geojson),
-                      "zarr": str(res.zarr), "run": str(res.run_json)}))
+    out = Path(args.output)
+    slide_path = out / "demo-slide.tiff"  # kept beside the GeoJSON: open it in QuPath, drop the GeoJSON on it
+    created = missing_folders(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        slide, n_drawn = write_demo_slide(slide_path)
+    except OSError as exc:
+        remove_empty(created)
+        raise OutputError(f"cannot write the demo slide into {out}: {exc.strerror or exc}; choose another -o") from None
+    log.info("wrote a synthetic %d-nucleus slide to %s; segmenting it", n_drawn, slide)
+    try:
+        res = segment(slide, out, args.model or DEFAULT_MODEL, _options(args))
+    except BaseException:
+        slide.unlink(missing_ok=True)  # nothing left behind by a failed demo
+        remove_empty(created)
+        raise
+    preview = next((str(p) for p in res.pictures if p.name.endswith(".preview.png")), None)
+    print(json.dumps({"nuclei_drawn": n_drawn, "nuclei_found": res.n_nuclei, "slide": str(slide),
+                      "geojson": str(res.geojson), "preview": preview, "zarr": str(res.zarr), "run": str(res.run_json),
+                      "pictures": [str(p) for p in res.pictures]}))
+    log.info("open %s in QuPath (File > Open), then drag %s onto it; preview: %s", slide, res.geojson.name, preview)
     return 0
 
 

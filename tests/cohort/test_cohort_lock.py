@@ -112,7 +112,7 @@ def test_locked_slide_fails_at_once_and_stale_staging_goes_on_the_next_run(cohor
     row = process_slide(job, str(out), MODEL, sha, OPTS, ident)  # the next run: lock acquired, staging swept
     assert row["status"] == "done" and row["nuclei"] > 50
     assert not stale.exists()
-    assert sorted(p.name for p in (out / "s0").iterdir()) == ["done.json", "s0.geojson", "s0.ome.zarr", "s0.run.json"]
+    assert sorted(p.name for p in (out / "s0").iterdir()) == ["done.json", "s0.geojson", "s0.ome.zarr", "s0.preview.png", "s0.run.json"]
     # finished by someone else after our driver looked: under the lock it is skipped, not recomputed
     before = (out / "s0" / "s0.geojson").stat().st_mtime_ns
     again = process_slide(job, str(out), MODEL, sha, OPTS, ident)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 DONE_NAME = "done.json"
 #: SegmentOptions fields that change a slide's outputs (batch size, threads, device and progress do not).
-RESULT_OPTIONS = ("tile_size", "block_size", "mpp", "roi", "compress")
+RESULT_OPTIONS = ("tile_size", "block_size", "mpp", "roi", "compress", "preview", "overlays")
 
 _MODELS: dict[tuple[str, str], Any] = {}  # per worker process: (model ref, sha256) -> Model
 
@@ -200,7 +200,7 @@ def process_slide(
         }
         _write_done(out_dir, {
             **identity, "slide_id": job.slide_id,
-            "outputs": [p.name for p in (res.geojson, res.zarr, res.run_json)],
+            "outputs": [p.name for p in (res.geojson, res.zarr, *res.pictures, res.run_json)],
             "result": result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         row.update(status="done", **result)

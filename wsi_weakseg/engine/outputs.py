@@ -99,13 +99,26 @@ def check_collision(previous: dict[str, Any] | None, names: OutputNames, slide_p
     )
 
 
-def stale_outputs(previous: dict[str, Any] | None, names: OutputNames, output_dir: Path) -> list[Path]:
-    """The GeoJSON of the other format when the previous run of this slide wrote it (``--compress`` switched)."""
+def stale_outputs(previous: dict[str, Any] | None, names: OutputNames, output_dir: Path,
+                  pictures: Sequence[str] = ()) -> list[Path]:
+    """Files of the previous run of this slide that this run does not replace, to remove when it publishes.
+
+    The GeoJSON of the other format (``--compress`` switched) and the previous run's pictures that this run
+    does not write (``--no-preview``, fewer ``--overlays``); a picture name is only trusted when it is a bare
+    name of this slide's pictures, so a doctored ``run.json`` cannot delete anything else.
+    """
+    from .pictures import is_picture_name
+
+    stale: list[Path] = []
     config = (previous or {}).get("config")
-    if not isinstance(config, dict) or "compress" not in config:
-        return []
-    ours = names.geojson.endswith(".gz")
-    return [output_dir / names.stale] if bool(config["compress"]) != ours else []
+    if isinstance(config, dict) and "compress" in config and bool(config["compress"]) != names.geojson.endswith(".gz"):
+        stale.append(output_dir / names.stale)
+    recorded = (previous or {}).get("pictures")
+    files = recorded.get("files") if isinstance(recorded, dict) else None
+    for name in files if isinstance(files, list) else []:
+        if is_picture_name(names.stem, name) and name not in pictures:
+            stale.append(output_dir / name)
+    return stale
 
 
 @contextmanager

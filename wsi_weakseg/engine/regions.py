@@ -42,6 +42,8 @@ class TissueSelection:
         Tissue area in mm² (the mask not grown, or the annotations inside the bounds).
     selected_fraction : float
         Fraction of the bounds region the rule lets tiles run on.
+    outline : TissueMask or shapely geometry, optional
+        What the preview draws as tissue: the mask (rules ``mask`` and ``all``) or the annotations (output frame).
     """
 
     option: str
@@ -50,6 +52,7 @@ class TissueSelection:
     fraction: float
     area_mm2: float
     selected_fraction: float
+    outline: Any = None
 
     def record(self) -> dict[str, Any]:
         """The ``tissue`` entry of ``run.json``."""
@@ -83,8 +86,8 @@ def select_tissue(option: str, slide) -> TissueSelection:
     if option == "all" or slide.vendor == "image":
         log.info("%s: segmenting the whole image (--tissue %s%s)", slide.path.name, option,
                  ", a plain image" if option == "auto" else "")
-        return TissueSelection(option, "all", _everywhere, mask.fraction, area, 1.0)
-    return TissueSelection(option, "mask", mask.region_has_tissue, mask.fraction, area, mask.selected_fraction)
+        return TissueSelection(option, "all", _everywhere, mask.fraction, area, 1.0, mask)
+    return TissueSelection(option, "mask", mask.region_has_tissue, mask.fraction, area, mask.selected_fraction, mask)
 
 
 def _everywhere(x0: float, y0: float, x1: float, y1: float) -> bool:
@@ -113,7 +116,7 @@ def _annotations(path: str, slide) -> TissueSelection:
         return tissue.intersects(b) and not tissue.touches(b)
 
     fraction = inside / (bw * bh) if bw * bh else 0.0
-    return TissueSelection(path, "annotations", has_tissue, fraction, inside * slide.mpp**2 / 1e6, fraction)
+    return TissueSelection(path, "annotations", has_tissue, fraction, inside * slide.mpp**2 / 1e6, fraction, tissue)
 
 
 def load_roi(path: str | None):

@@ -29,6 +29,7 @@ from .instances import InstanceParams, params_from_card
 from .lock import segment_lock
 from .merge import block_grid, iter_nuclei, run_blocks, write_label_ids
 from .outputs import OutputNames, check_collision, output_names, previous_run, publish_all, stale_outputs, staging
+from .pictures import MAX_OVERLAYS, write_pictures
 from .plan import Frame, TilePlan, plan_tiles, selection_margin
 from .progress import progress_bar
 from .provenance import StageClock, model_record, slide_fingerprint, slide_record, versions, working_record
@@ -51,6 +52,8 @@ class SegmentOptions:
     tissue: str = "auto"
     compress: bool = False
     progress: bool = True
+    preview: bool = True
+    overlays: int = 0
 
     def validate(self, card_tile: int) -> int:
         """Check the options; return the tile size to use (the card's unless given)."""
@@ -63,6 +66,8 @@ class SegmentOptions:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.num_workers < 1:
             raise ConfigError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if not isinstance(self.overlays, int) or not 0 <= self.overlays <= MAX_OVERLAYS:
+            raise ConfigError(f"--overlays must be an integer from 0 to {MAX_OVERLAYS}, got {self.overlays}")
         check_tissue_option(self.tissue)
         return tile
 
@@ -77,6 +82,7 @@ class SegmentResult:
     n_nuclei: int
     n_oversized: int
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    pictures: list[Path] = field(default_factory=list)  # preview and overlays, as published
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,9 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         clock.lap("instances")
         n = write_geojson(tmp / names.geojson, inst, opts.compress)
         clock.lap("geojson")
+        pictures = write_pictures(tmp, names.stem, slide, view, tissue, inst.sorted_keys, store.labels["nuclei"],
+                                  opts.overlays, opts.preview)
+        clock.lap("pictures")
         _warn_oversized(slide_path, inst.n_oversized, card.max_reach_um)
         if inst.n_repaired:
             log.warning("%s: %d nucleus outline(s) traced invalid were repaired before writing (run.json "
@@ -265,18 +274,19 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         shutil.rmtree(inst.record_dir)
         clock.lap("pyramid")
         run = _run_record(slide, slide_path, fingerprint, model, view, opts, plan, params, device, tissue,
-                          n, inst, clock)
+                          n, inst, clock) | {"pictures": pictures}
         (tmp / names.run_json).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
-        final = _publish(tmp, output_dir, names, stale_outputs(previous, names, output_dir))
+        files = pictures.get("files", [])
+        final = _publish(tmp, output_dir, names, files, stale_outputs(previous, names, output_dir, files))
     return SegmentResult(
         geojson=final[names.geojson], zarr=final[names.zarr], run_json=final[names.run_json], n_nuclei=n,
-        n_oversized=inst.n_oversized, timings=clock.wall(),
+        n_oversized=inst.n_oversized, timings=clock.wall(), pictures=[final[f] for f in files],
     )
 
 
-def _publish(tmp: Path, output_dir: Path, names: OutputNames, stale: list[Path]) -> dict[str, Path]:
+def _publish(tmp: Path, output_dir: Path, names: OutputNames, pictures: list[str], stale: list[Path]) -> dict[str, Path]:
     """Move the staged outputs into ``output_dir`` and remove ``stale`` files, all or nothing."""
-    final = {name: output_dir / name for name in (names.zarr, names.geojson, names.run_json)}
+    final = {name: output_dir / name for name in (names.zarr, names.geojson, *pictures, names.run_json)}
     publish_all({tmp / name: dst for name, dst in final.items()}, tmp, stale)
     return final
 
