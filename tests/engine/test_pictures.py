@@ -19,7 +19,7 @@ from wsi_weakseg.engine.segment import SegmentOptions, segment
 from wsi_weakseg.model.card import BASELINE_MODEL
 from wsi_weakseg.slide import WorkingView, open_slide
 from wsi_weakseg.slide.testing import write_pyramid_tiff
-from wsi_weakseg.viz import colorize, outline_mask, save_figure
+from wsi_weakseg.viz import colorize, outline_mask, save_png
 from wsi_weakseg.viz.preview import (
     HEAT_ALPHA,
     TISSUE_COLOUR,
@@ -67,9 +67,12 @@ def test_preview_layout_is_pixel_exact():
     expect = np.where(shown[..., None], np.round(thumb * (1 - HEAT_ALPHA) + heat * HEAT_ALPHA), thumb)
     expect[edge] = TISSUE_COLOUR
     np.testing.assert_array_equal(comp, expect.astype(np.uint8))
-    fig, layout = render_preview(comp, "t", (0.065, 0.045), 800.0)
+    rgb, layout = render_preview(comp, "t", (0.065, 0.045), 800.0)
     with tempfile.TemporaryDirectory() as d:
-        png = np.asarray(Image.open(save_figure(fig, Path(d) / "p.png")).convert("RGB"))
+        png = np.asarray(Image.open(save_png(Path(d) / "p.png", rgb)).convert("RGB"))
+    assert png.shape[:2] == (90 + 36 + 50, 130 + 70 + 110)  # thumbnail + margins
+    assert (png[:36] != 255).any(axis=(0, 2)).sum() > 10  # the title is drawn above
+    assert (png[36:126, 200 + 12:200 + 26] != 255).any()  # the colour bar beside
     x0, y0 = layout.image_origin
     np.testing.assert_array_equal(png[y0:y0 + 90, x0:x0 + 130], comp)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..viz import OKABE_ITO, outline_mask, paint, save_figure, save_png
+from ..viz import OKABE_ITO, outline_mask, paint, save_png
 from ..viz.preview import (
     cell_size_um,
     choose_overlay_cells,
@@ -105,8 +105,8 @@ def _write_preview(path: Path, stem: str, slide, view, tissue, grid, n: int) -> 
     composite = heat_composite(thumb, cell_row, cell_col, grid, mask, vmax)
     um = thumb_view.scale * slide.mpp
     title = f"{stem}: {n:,} nuclei, {tissue.area_mm2:.3g} mm² tissue ({tissue.rule}), cells of {grid.cell_um:g} µm"
-    fig, layout = render_preview(composite, title, (tw * um / 1000, th * um / 1000), vmax)
-    save_figure(fig, path)
+    rgb, layout = render_preview(composite, title, (tw * um / 1000, th * um / 1000), vmax)
+    save_png(path, rgb)
     return {"file": path.name, "thumbnail_mpp": thumb_view.mpp, "thumbnail_shape": [th, tw],
             "image_origin_px": list(layout.image_origin), "vmax_per_mm2": vmax, "cell_px": grid.cell_px}
 

@@ -101,9 +101,8 @@ def heat_composite(thumb: np.ndarray, cell_of_row: np.ndarray, cell_of_col: np.n
     """
     inside = (cell_of_row[:, None] >= 0) & (cell_of_col[None, :] >= 0)
     r, c = np.clip(cell_of_row, 0, None), np.clip(cell_of_col, 0, None)
-    dens = grid.per_mm2[np.ix_(r, c)]
     shown = inside & ((grid.counts[np.ix_(r, c)] > 0) | (tissue if tissue is not None else False))
-    heat = colorize(dens, 0.0, vmax)
+    heat = colorize(grid.per_mm2, 0.0, vmax)[np.ix_(r, c)]  # colour per cell, then per pixel
     out = np.array(thumb, np.uint8, copy=True)
     out[shown] = np.round(out[shown] * (1 - HEAT_ALPHA) + heat[shown] * HEAT_ALPHA).astype(np.uint8)
     if tissue is not None:
@@ -111,13 +110,20 @@ def heat_composite(thumb: np.ndarray, cell_of_row: np.ndarray, cell_of_col: np.n
     return out
 
 
-def render_preview(composite: np.ndarray, title: str, extent_mm: tuple[float, float], vmax: float):
-    """A matplotlib Figure: ``composite`` at 1:1 pixels, axes in mm, a colour bar in nuclei/mm², a title.
+def render_preview(composite: np.ndarray, title: str, extent_mm: tuple[float, float],
+                   vmax: float) -> tuple[np.ndarray, PreviewLayout]:
+    """The preview picture: ``composite`` at 1:1 pixels, axes in mm, a colour bar in nuclei/mm², a title.
+
+    matplotlib draws the frame (axes, ticks, colour bar, title) around an empty image area and the composite
+    is pasted into it unresampled, which is what ``figimage`` would do at a fraction of its cost.
 
     Returns
     -------
-    (Figure, PreviewLayout)
+    rgb : ndarray (H, W, 3) uint8
+    layout : PreviewLayout
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
@@ -126,7 +132,6 @@ def render_preview(composite: np.ndarray, title: str, extent_mm: tuple[float, fl
     m = _MARGIN
     fw, fh = w + m["left"] + m["right"], h + m["top"] + m["bottom"]
     fig = Figure(figsize=(fw / _DPI, fh / _DPI), dpi=_DPI, facecolor="white")
-    fig.figimage(composite, xo=m["left"], yo=m["bottom"], origin="upper")  # unresampled, 1:1 pixels
     ax = fig.add_axes((m["left"] / fw, m["bottom"] / fh, w / fw, h / fh))
     ax.patch.set_visible(False)  # the axes only carry the mm scale over the image
     ax.set_xlim(0.0, extent_mm[0])
@@ -138,7 +143,13 @@ def render_preview(composite: np.ndarray, title: str, extent_mm: tuple[float, fl
     ax.set_title(title, fontsize=9)
     cax = fig.add_axes(((m["left"] + w + 12) / fw, m["bottom"] / fh, 14 / fw, h / fh))
     fig.colorbar(ScalarMappable(Normalize(0.0, vmax), CMAP), cax=cax).set_label("nuclei / mm²")
-    return fig, PreviewLayout((m["left"], m["top"]), vmax)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.array(np.asarray(canvas.buffer_rgba())[..., :3])
+    if rgb.shape[:2] != (fh, fw):
+        raise RuntimeError(f"preview canvas is {rgb.shape[1]}x{rgb.shape[0]}, expected {fw}x{fh}")
+    rgb[m["top"]:m["top"] + h, m["left"]:m["left"] + w] = composite
+    return rgb, PreviewLayout((m["left"], m["top"]), vmax)
 
 
 def choose_overlay_cells(grid: DensityGrid, n: int) -> list[tuple[int, int]]:
