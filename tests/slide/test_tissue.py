@@ -136,3 +136,18 @@ def test_pale_loose_stroma_crops_have_tissue(shared_data, name):
     assert 0.3 < tissue.fraction < 0.6
     assert tissue.tissue[:, :8].mean() > 0.6  # the stroma strip on the left edge
     assert not tissue.tissue[:, -3:].any()  # glass on the right
+
+
+def test_tissue_area_counts_edge_mask_pixels_by_their_part_inside_the_image(tmp_path):
+    """1000 x 1000 px of tissue at 0.25 µm/px is 0.0625 mm², though 8 µm mask pixels overhang its edge."""
+    from PIL import Image
+
+    from wsi_weakseg.slide import compute_tissue_mask, open_slide
+
+    path = tmp_path / "all-tissue.png"
+    Image.fromarray(np.tile(np.array(_PINK, np.uint8), (1000, 1000, 1))).save(path)
+    with open_slide(path, mpp=0.25) as s:
+        tm = compute_tissue_mask(s)
+    assert tm.scale * tm.tissue.shape[1] > 1000  # the last mask column overhangs the image
+    assert tm.area_um2(0.25) / 1e6 == pytest.approx(0.0625, rel=1e-6)
+    assert tm.fraction == pytest.approx(1.0)

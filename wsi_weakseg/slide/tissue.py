@@ -63,12 +63,16 @@ class TissueMask:
         Level-0 (x, y) of the top-left corner of mask pixel (0, 0).
     core : numpy.ndarray, optional
         bool, same shape; the tissue itself (not grown). ``None`` means ``mask``.
+    coverage : numpy.ndarray, optional
+        float, same shape; the fraction of each mask pixel inside the bounds region (below 1 on the last row
+        and column when the region is not a whole number of mask pixels). ``None`` means all 1.
     """
 
     mask: np.ndarray
     scale: float
     origin: tuple[int, int]
     core: np.ndarray | None = None
+    coverage: np.ndarray | None = None
 
     @property
     def tissue(self) -> np.ndarray:
@@ -77,8 +81,12 @@ class TissueMask:
 
     @property
     def fraction(self) -> float:
-        """Fraction of the mask area that is tissue (not grown; 0.0 for an empty mask)."""
-        return float(self.tissue.mean()) if self.tissue.size else 0.0
+        """Fraction of the bounds region that is tissue (not grown; 0.0 for an empty mask)."""
+        if not self.tissue.size:
+            return 0.0
+        if self.coverage is None:
+            return float(self.tissue.mean())
+        return float((self.tissue * self.coverage).sum() / self.coverage.sum())
 
     @property
     def selected_fraction(self) -> float:
@@ -86,8 +94,9 @@ class TissueMask:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
     def area_um2(self, mpp0: float) -> float:
-        """Tissue area (not grown) in µm², given the slide's level-0 pixel size ``mpp0``."""
-        return float(self.tissue.sum()) * (self.scale * mpp0) ** 2
+        """Tissue area (not grown) in µm² inside the bounds region, given the level-0 pixel size ``mpp0``."""
+        inside = self.tissue.sum() if self.coverage is None else (self.tissue * self.coverage).sum()
+        return float(inside) * (self.scale * mpp0) ** 2
 
     def region_has_tissue(self, x0: float, y0: float, x1: float, y1: float) -> bool:
         """Whether the level-0 box [x0, x1) x [y0, y1) overlaps any pixel of the selection mask.
@@ -223,7 +232,10 @@ def compute_tissue_mask(slide: Slide, mask_mpp: float = 8.0) -> TissueMask:
     k = max(1, int(round(mask_mpp / view.mpp)))
     counts = pool_counts(_classify_view(view, slide), k)
     core = tissue_core(counts, view.mpp**2, view.mpp * k)
-    result = TissueMask(mask=grow(core, view.mpp * k), scale=view.scale * k, origin=view.origin, core=core)
+    (H, W), (gy, gx) = view.shape, core.shape  # partial mask pixels at the far edges count by their part
+    coverage = np.outer(np.minimum(k, H - np.arange(gy) * k), np.minimum(k, W - np.arange(gx) * k)) / k**2
+    result = TissueMask(mask=grow(core, view.mpp * k), scale=view.scale * k, origin=view.origin, core=core,
+                        coverage=coverage)
     log.info(
         "%s: tissue mask %dx%d at %.3g µm/px (classified at %.3g µm/px), tissue fraction %.3f (%.2f mm²), "
         "selected %.3f", slide.path.name, core.shape[1], core.shape[0], view.mpp * k, view.mpp,
