@@ -81,6 +81,26 @@ def overlap_table(pred_labels: np.ndarray, gt_labels: np.ndarray) -> Overlap:
     return overlap_from_index(*compact_labels(pred_labels), *compact_labels(gt_labels))
 
 
+class CompactPair(NamedTuple):
+    """Two 2-D label images compacted (``compact_labels``) and their overlap table."""
+
+    p_index: np.ndarray
+    p_areas: np.ndarray
+    g_index: np.ndarray
+    g_areas: np.ndarray
+    table: Overlap
+
+
+def compact_pair(pred_labels: np.ndarray, gt_labels: np.ndarray) -> CompactPair:
+    """Check a prediction / ground-truth pair of 2-D label images, compact both and build their overlap table."""
+    pred_labels, gt_labels = check_pair(pred_labels, gt_labels)
+    if gt_labels.ndim != 2:
+        raise ValueError(f"label images must be 2-D, got shape {gt_labels.shape}")
+    p_index, p_areas = compact_labels(pred_labels)
+    g_index, g_areas = compact_labels(gt_labels)
+    return CompactPair(p_index, p_areas, g_index, g_areas, overlap_from_index(p_index, p_areas, g_index, g_areas))
+
+
 def overlap_from_index(p: np.ndarray, pred_areas: np.ndarray, g: np.ndarray, gt_areas: np.ndarray) -> Overlap:
     """Build the overlap table from two compacted flat indices (see ``compact_labels``)."""
     n_p1 = pred_areas.size + 1

@@ -30,9 +30,9 @@ from ._overlap import (
     Overlap,
     check_pair,
     compact_labels,
+    compact_pair,
     first_per_group,
     iou_matches,
-    overlap_from_index,
     overlap_table,
 )
 from .detection import _as_points, centroids_from_index, detection_scores
@@ -254,17 +254,10 @@ def evaluate_instances(pred_labels: np.ndarray, gt_labels: np.ndarray, *, radius
     >>> scores["aji"], scores["pq"], scores["precision"], scores["recall"]
     (0.5454545454545454, 0.4, 0.6666666666666666, 1.0)
     """
-    pred_labels, gt_labels = check_pair(pred_labels, gt_labels)
-    if gt_labels.ndim != 2:
-        raise ValueError(f"label images must be 2-D, got shape {gt_labels.shape}")
-    p_index, p_areas = compact_labels(pred_labels)
-    g_index, g_areas = compact_labels(gt_labels)
-    t = overlap_from_index(p_index, p_areas, g_index, g_areas)
+    p_index, p_areas, g_index, g_areas, t = compact_pair(pred_labels, gt_labels)
     pq = _panoptic_quality(t, 0.5)
-    cents = [
-        centroids_from_index(p_index, pred_labels.shape, p_areas),
-        centroids_from_index(g_index, gt_labels.shape, g_areas),
-    ]
+    shape = np.shape(gt_labels)  # the pair's common shape (checked)
+    cents = [centroids_from_index(p_index, shape, p_areas), centroids_from_index(g_index, shape, g_areas)]
     det = detection_scores(cents[0], cents[1], radius_px)
     return {
         "pixel_accuracy": pixel_accuracy(p_index, g_index),

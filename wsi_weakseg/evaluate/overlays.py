@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..viz import OKABE_ITO, outline_mask, paint, save_png
-from ._overlap import check_pair, compact_labels, iou_matches, overlap_from_index
+from ._overlap import compact_pair, iou_matches
 
 #: Category -> (legend text, RGB colour), in drawing order.
 COLOURS = {
@@ -74,12 +74,7 @@ def categorize(pred_labels: np.ndarray, gt_labels: np.ndarray) -> Categories:
     Categories
         See the module docstring for the definitions.
     """
-    pred_labels, gt_labels = check_pair(pred_labels, gt_labels)
-    if gt_labels.ndim != 2:
-        raise ValueError(f"label images must be 2-D, got shape {gt_labels.shape}")
-    p_index, p_areas = compact_labels(pred_labels)
-    g_index, g_areas = compact_labels(gt_labels)
-    t = overlap_from_index(p_index, p_areas, g_index, g_areas)
+    p_index, p_areas, g_index, g_areas, t = compact_pair(pred_labels, gt_labels)
     matched = iou_matches(t, 0.5)
     p_matched = np.zeros(p_areas.size, bool)
     p_matched[t.pj[matched]] = True
