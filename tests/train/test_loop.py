@@ -109,3 +109,29 @@ def test_keep_epoch_nets_saves_both_nets_of_every_epoch(tmp_path):
             assert torch.equal(p, last["nets"][k][name])
     first = torch.load(files[0], weights_only=True)
     assert not all(torch.equal(first["nets"]["a"][n], last["nets"]["a"][n]) for n in first["nets"]["a"])
+
+
+def test_crf_term_is_the_weighted_pairwise_loss_of_each_nets_foreground():
+    from wsi_weakseg.train.losses import pairwise_crf_loss
+    from wsi_weakseg.train.points_recipe import to_tensor
+
+    cfg = load_config(overrides={"model": {"width": 8}, "data": {"patch": 64, "crop": 64},
+                                 "points": {"crf_weight": 0.5, "crf_radius_um": 1.0, "crf_sigma_um": 0.75}})
+    recipe = _recipe(cfg)
+    batches = {}
+    for k, item in zip("ab", _items()):
+        sl = np.s_[None, :64, :64]
+        batches[k] = {"image": item.image[sl], "voronoi": item.voronoi[sl], "cluster": item.cluster[sl],
+                      "centre": item.centre[sl], "annotated": np.ones((1, 64, 64), np.uint8)}
+    expected = {}
+    with torch.no_grad():
+        for k in "ab":
+            fg = recipe.nets[k](to_tensor(batches[k]["image"], NORM, torch.device("cpu")))[:, 0]
+            rgb = torch.from_numpy(batches[k]["image"]).permute(0, 3, 1, 2).float() / 255
+            # 1 µm at 0.5 µm/px: a 5 x 5 window; sigma 0.75 µm = 1.5 px
+            expected[k] = 0.5 * float(pairwise_crf_loss(torch.sigmoid(fg), rgb, 2, 1.5, 0.1))
+    logs = recipe.step(batches, epoch=0)
+    assert logs["a/crf"] == pytest.approx(expected["a"], rel=1e-4)
+    assert logs["b/crf"] == pytest.approx(expected["b"], rel=1e-4)
+    off = _recipe(load_config(overrides={"model": {"width": 8}, "data": {"patch": 64, "crop": 64}}))
+    assert "a/crf" not in off.step(batches, epoch=0)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from wsi_weakseg.train.losses import binary_kl, ema_update, masked_bce, pseudo_target, ramp_weights
+from wsi_weakseg.train.losses import binary_kl, ema_update, masked_bce, pairwise_crf_loss, pseudo_target, ramp_weights
 
 
 def test_ramp_weights_follow_the_paper():
@@ -81,3 +81,41 @@ def test_colorizer_pool_sets_the_grid_of_prediction_and_target():
     assert half.reduce(rgb)[0, 0, 0, 0].item() == pytest.approx((0 + 1 + 4 + 5) / 4)
     with pytest.raises(ValueError, match="positive integer"):
         Colorizer(pool=0)
+
+
+def _crf_brute_force(prob, rgb, radius, sigma_xy, sigma_rgb):
+    """Every ordered pair of distinct pixels within the window, one at a time."""
+    n, h, w = prob.shape
+    total = 0.0
+    for b in range(n):
+        for y in range(h):
+            for x in range(w):
+                for v in range(max(0, y - radius), min(h, y + radius + 1)):
+                    for u in range(max(0, x - radius), min(w, x + radius + 1)):
+                        if (v, u) == (y, x):
+                            continue
+                        c2 = float(((rgb[b, :, y, x] - rgb[b, :, v, u]) ** 2).sum())
+                        k = math.exp(-((y - v) ** 2 + (x - u) ** 2) / (2 * sigma_xy**2) - c2 / (2 * sigma_rgb**2))
+                        s, t = float(prob[b, y, x]), float(prob[b, v, u])
+                        total += k * (s * (1 - t) + t * (1 - s))
+    return total / (n * h * w)
+
+
+def test_pairwise_crf_on_a_2x2_patch_by_hand():
+    # one foreground pixel (top left) of one colour: its 3 neighbours each cost 1 x w in both orders
+    prob = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    rgb = torch.zeros(1, 3, 2, 2)
+    expected = 2 * (2 * math.exp(-0.5) + math.exp(-1.0)) / 4
+    assert float(pairwise_crf_loss(prob, rgb, 1, 1.0, 0.1)) == pytest.approx(expected, rel=1e-6)
+    # a colour edge between the columns: the horizontal and diagonal pairs cross it and cost ~0
+    rgb[:, :, :, 1] = 1.0
+    assert float(pairwise_crf_loss(prob, rgb, 1, 1.0, 0.1)) == pytest.approx(2 * math.exp(-0.5) / 4, rel=1e-6)
+    # a constant labelling costs nothing
+    assert float(pairwise_crf_loss(torch.ones(1, 2, 2), rgb, 1, 1.0, 0.1)) == 0.0
+
+
+def test_pairwise_crf_equals_the_brute_force_sum():
+    g = torch.Generator().manual_seed(0)
+    prob, rgb = torch.rand(2, 5, 7, generator=g), torch.rand(2, 3, 5, 7, generator=g)
+    got = float(pairwise_crf_loss(prob, rgb, 2, 1.5, 0.3))
+    assert got == pytest.approx(_crf_brute_force(prob, rgb, 2, 1.5, 0.3), rel=1e-5)

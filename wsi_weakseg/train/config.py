@@ -65,7 +65,8 @@ def _check(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"config key {path!r} must be {kind}, got {node!r}")
 
     for p in ("data.mpp", "optim.lr", "optim.lr_gamma", "points.point_radius_um", "points.cluster_distance_um",
-              "points.centre_sigma_um", "data.radius_um"):
+              "points.centre_sigma_um", "data.radius_um", "points.crf_radius_um", "points.crf_sigma_um",
+              "points.crf_sigma_rgb"):
         positive(p)
     for p in ("data.patch", "data.crop", "optim.epochs", "optim.batch_size", "optim.lr_step_epochs",
               "points.gamma_epochs", "model.width"):
@@ -87,7 +88,7 @@ def _check(cfg: dict[str, Any]) -> None:
     if cfg["points"]["cluster_colour"] not in ("h", "rgb", "rgb+h"):
         raise ConfigError(f"points.cluster_colour must be 'h', 'rgb' or 'rgb+h', got {cfg['points']['cluster_colour']!r}")
     positive("points.cluster_colour_weight")
-    for p in ("points.cluster_ring_um", "points.jitter_um", "augment.stain"):
+    for p in ("points.cluster_ring_um", "points.jitter_um", "augment.stain", "points.crf_weight"):
         section, key = p.split(".")
         value = cfg[section][key]
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6):

@@ -23,7 +23,9 @@ from torch.nn import functional as F
 
 from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
 from .dataset import TrainItem
-from .losses import binary_kl, colorization_loss, ema_update, masked_bce, masked_mean, pseudo_target, ramp_weights
+from .losses import (
+    binary_kl, colorization_loss, ema_update, masked_bce, masked_mean, pairwise_crf_loss, pseudo_target, ramp_weights,
+)
 
 
 class Colorizer(nn.Module):
@@ -170,8 +172,10 @@ class PointsRecipe:
             if alpha > 0 and "pseudo" in b:
                 target = pseudo_target(clu, torch.from_numpy(b["pseudo"]).to(self.device).float())
                 terms["cotrain"] = alpha * binary_kl(fg, target)
+            rgb = torch.from_numpy(np.ascontiguousarray(b["image"])).to(self.device).permute(0, 3, 1, 2).float() / 255
+            if p["crf_weight"] > 0:
+                terms["crf"] = p["crf_weight"] * self.crf(torch.sigmoid(fg), rgb)
             if beta > 0 and ("c" + k) in self.nets:
-                rgb = torch.from_numpy(np.ascontiguousarray(b["image"])).to(self.device).permute(0, 3, 1, 2).float() / 255
                 colorizer = self.nets["c" + k]
                 terms["color"] = beta * colorization_loss(colorizer(torch.sigmoid(fg)[:, None]), colorizer.reduce(rgb))
             for name, value in terms.items():
@@ -182,6 +186,12 @@ class PointsRecipe:
         self.optimizer.step()
         logs["loss"] = float(total.detach())
         return logs
+
+    def crf(self, prob: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """The pairwise colour-CRF term on the working grid (``points.crf_*`` in µm, converted by ``data.mpp``)."""
+        p, mpp = self.cfg["points"], float(self.cfg["data"]["mpp"])
+        radius = max(1, round(p["crf_radius_um"] / mpp))
+        return pairwise_crf_loss(prob, rgb, radius, p["crf_sigma_um"] / mpp, p["crf_sigma_rgb"])
 
     def end_epoch(self) -> None:
         self.scheduler.step()
