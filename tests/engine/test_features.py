@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wsi_weakseg.engine.features import DetectionFormat
-from wsi_weakseg.engine.merge import Nucleus
+from wsi_weakseg.engine.records import BlockNuclei, Nucleus
 from wsi_weakseg.engine.outlines import trace_outlines
 from wsi_weakseg.io.geojson import PROJECT_NAMESPACE, stable_uuid
 
@@ -45,8 +45,8 @@ def test_block_formatter_equals_the_general_path(scale, offset, mpp):
     fmt = DetectionFormat(fingerprint="fp", model_sha="sha", scale=scale, offset=offset, mpp=mpp,
                           class_name='Nucleus "µ"', color=(160, 90, 160))
     nuclei = _nuclei(np.random.default_rng(int(scale * 1000)))
-    got = fmt.format_block(nuclei)
-    assert got == [fmt.reference(n) for n in nuclei]
+    block = fmt.format_block(BlockNuclei.from_nuclei(nuclei))
+    assert [block.texts(i) for i in range(len(nuclei))] == [fmt.reference(n) for n in nuclei]
     assert fmt(nuclei[0]) == fmt.reference(nuclei[0])
 
 
@@ -55,7 +55,7 @@ def test_block_formatter_falls_back_and_raises_like_the_general_path():
     fmt = DetectionFormat("fp", "sha", 1e-4, (0.0, 0.0), 0.5, "Nucleus", (1, 2, 3))
     tiny = Nucleus(1, (0, 0), [np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]], float)], 1, 0.5, 0.5, False)
     with pytest.raises(ValueError, match="at least 3 distinct vertices"):
-        fmt.format_block([tiny])
+        fmt.format_block(BlockNuclei.from_nuclei([tiny]))
 
 
 def test_stable_uuid_is_uuid5():

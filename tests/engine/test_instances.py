@@ -251,8 +251,15 @@ def test_blocks_equal_whole_on_ragged_maps(tmp_path, block):
 def test_invalid_outline_is_repaired_counted_and_warned(tmp_path, monkeypatch, caplog):
     """Defence in depth: a polygon the tracer got wrong never reaches the GeoJSON as it is."""
     bowtie = np.array([[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]], np.float64)
-    real = merge.trace_outlines
-    monkeypatch.setattr(merge, "trace_outlines", lambda lab, ids: {k: [bowtie] for k in real(lab, ids)})
+    real = merge.trace_flat
+
+    def bowties(lab, ids):
+        traced = real(lab, ids)[0]
+        n = len(traced)
+        return (traced, np.tile(bowtie, (n, 1)), np.arange(n + 1, dtype=np.int64) * len(bowtie),
+                np.arange(n + 1, dtype=np.int64))
+
+    monkeypatch.setattr(merge, "trace_flat", bowties)
     maps = _blobs()
     keys = np.zeros(maps.shape[1:], np.int64)
     with caplog.at_level("WARNING", logger="wsi_weakseg.engine.merge"):

@@ -6,22 +6,22 @@ before and after its ``Label`` value.
 
 A block's nuclei are formatted together (:meth:`DetectionFormat.format_block`): coordinates of all rings
 are transformed and rounded in one numpy pass and written as text by a compiled kernel
-(:mod:`~wsi_weakseg.io._jsontext`), measurements by ``repr``. The text is byte-identical to
+(:mod:`~wsi_weakseg.io._jsontext`), measurements too (rounded to 4 decimals as ``rint(x * 1e4) / 1e4``). The text is byte-identical to
 ``serialize_feature(nucleus_feature(...))``, the general path, which is also the fallback for any nucleus
 the fast path cannot prove identical (``tests/engine/test_features.py`` compares the two).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-import json
-
-from ..io._jsontext import MAX_ABS, polygons_text
-from ..io.geojson import nucleus_feature, serialize_feature, stable_uuid
+from ..io._jsontext import MAX_ABS, members_text, polygons_text
+from ..io.geojson import nucleus_feature, serialize_feature, stable_uuid, stable_uuids
+from .records import BlockNuclei
 
 _LABEL = '"measurements":{"Label":'
 _MEASUREMENTS = ("Nucleus: Area µm^2", "Nucleus: Perimeter µm", "Nucleus: Mean probability", "Nucleus: Centre score")
@@ -55,57 +55,72 @@ class DetectionFormat:
 
     def __call__(self, nucleus) -> tuple[str, str]:
         """``(head, tail)`` such that ``head + str(id) + tail`` is the serialised feature."""
-        return self.format_block([nucleus])[0]
+        return self.format_block(BlockNuclei.from_nuclei([nucleus])).texts(0)
 
     def reference(self, nucleus) -> tuple[str, str]:
         """The same text by the general path (``nucleus_feature`` + ``serialize_feature``)."""
         rings = [r * self.scale + np.asarray(self.offset) for r in nucleus.rings]
         ay, ax = nucleus.anchor
+        values = self._values(np.array([nucleus.area_px]), np.array([_perimeter(nucleus)]),
+                              np.array([nucleus.mean_foreground]), np.array([nucleus.centre_score]))[0]
         feature = nucleus_feature(
             stable_uuid(self.fingerprint, self.model_sha, ax, ay),
             rings[0],
             holes=rings[1:],
             class_name=self.class_name,
             color=self.color,
-            measurements=dict(zip(("Label", *_MEASUREMENTS), (0, *self._measurements(nucleus, _perimeter(nucleus))))),
+            measurements=dict(zip(("Label", *_MEASUREMENTS), (0, *values.tolist()))),
         )
         head, sep, tail = serialize_feature(feature).partition(_LABEL + "0")
         assert sep, "Label placeholder missing"
         return head + _LABEL, tail
 
-    def format_block(self, nuclei) -> list[tuple[str, str]]:
-        """``(head, tail)`` of each nucleus, as :meth:`reference` gives them, for a whole block at once."""
-        if not nuclei:
-            return []
-        rings = [r for n in nuclei for r in n.rings]
-        sizes = np.array([len(r) for r in rings], dtype=np.int64)
-        ring_starts = np.concatenate([[0], np.cumsum(sizes)])
-        poly_starts = np.concatenate([[0], np.cumsum([len(n.rings) for n in nuclei])])
-        xy = np.concatenate(rings)
+    def format_block(self, block: BlockNuclei) -> BlockNuclei:
+        """``block`` with ``text`` and ``cuts`` set: every nucleus as :meth:`reference` writes it."""
+        n = len(block)
+        if n == 0:
+            return block
+        xy, ring_starts, poly_starts = block.xy, block.ring_starts, block.poly_starts
         v = np.round(xy * self.scale + np.asarray(self.offset), 2) + 0.0  # as nucleus_feature rounds
         c = np.rint(v * 100.0)
         exact = np.all(np.isfinite(v) & (np.abs(v) < MAX_ABS) & (c / 100.0 == v), axis=1)
         buf, offsets, ok = polygons_text(c.astype(np.int64), ring_starts, poly_starts)
-        text = buf.tobytes().decode("ascii")
-        exact_poly = np.logical_and.reduceat(_ring_all(exact, ring_starts), poly_starts[:-1])
+        geometry = buf.tobytes().decode("ascii")
+        good = ok & np.logical_and.reduceat(_ring_all(exact, ring_starts), poly_starts[:-1])
         perimeters = _perimeters(xy, ring_starts, poly_starts)
-        out = []
-        for i, n in enumerate(nuclei):
-            values = self._measurements(n, perimeters[i])
-            if not (ok[i] and exact_poly[i] and np.isfinite(perimeters[i]) and all(map(np.isfinite, values))):
-                out.append(self.reference(n))  # raises the general path's error, or formats the odd case
-                continue
-            ay, ax = n.anchor
-            head = (f'{{"type":"Feature","id":"{stable_uuid(self.fingerprint, self.model_sha, ax, ay)}",'
-                    f'"geometry":{{"type":"Polygon","coordinates":{text[offsets[i]:offsets[i + 1]]}}},'
-                    f'{self._properties}{_LABEL}')
-            tail = "".join(f",{k}:{float(x)!r}" for k, x in zip(self._keys, values)) + "}}}"
-            out.append((head, tail))
-        return out
+        values = self._values(block.area_px, perimeters, block.mean_foreground, block.centre_score)
+        good &= np.isfinite(perimeters) & np.all(np.isfinite(values) & (np.abs(values) < MAX_ABS), axis=1)
+        tails = self._tails(np.where(good[:, None], values, 0.0))
+        uuids = stable_uuids((self.fingerprint, self.model_sha), block.anchors[:, ::-1])
+        parts: list[str] = []
+        for i in range(n):
+            if good[i]:
+                parts.append(f'{{"type":"Feature","id":"{uuids[i]}","geometry":{{"type":"Polygon","coordinates":'
+                             f'{geometry[offsets[i]:offsets[i + 1]]}}},{self._properties}{_LABEL}')
+                parts.append(tails[i])
+            else:  # raises the general path's error, or formats the odd case
+                parts.extend(self.reference(block.nucleus(i)))
+        ends = np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts))).reshape(n, 2)
+        block.text = "".join(parts)
+        block.cuts = np.column_stack([np.concatenate([[0], ends[:-1, 1]]), ends]).astype(np.int64)
+        return block
 
-    def _measurements(self, nucleus, perimeter: float) -> tuple[float, float, float, float]:
-        return (round(nucleus.area_px * self.mpp**2, 4), round(perimeter * self.mpp, 4),
-                round(nucleus.mean_foreground, 4), round(nucleus.centre_score, 4))
+    def _values(self, area_px, perimeter, mean_foreground, centre_score) -> np.ndarray:
+        """The 4 measurements (n, 4), each rounded to 4 decimals as ``rint(x * 1e4) / 1e4`` (the written value)."""
+        raw = np.column_stack([np.asarray(area_px, np.float64) * self.mpp**2, np.asarray(perimeter) * self.mpp,
+                               np.asarray(mean_foreground, np.float64), np.asarray(centre_score, np.float64)])
+        return np.rint(raw * 1e4) / 1e4 + 0.0
+
+    def _tails(self, values: np.ndarray) -> list[str]:
+        """``,"key":value`` x 4 + ``}}}`` of each row, as ``serialize_feature`` writes the rounded values."""
+        keys = "".join(self._keys)
+        data = keys.encode("utf-8")
+        starts = np.cumsum([0] + [len(k.encode("utf-8")) for k in self._keys]).astype(np.int64)
+        buf, offsets = members_text(np.rint(values * 1e4).astype(np.int64), np.frombuffer(data, np.uint8), starts, 4,
+                                    np.frombuffer(b"}}}", np.uint8))
+        text = buf.tobytes().decode("utf-8")
+        chars = offsets - (len(data) - len(keys)) * np.arange(len(offsets))  # multi-byte characters (µ) per row
+        return [text[a:b] for a, b in zip(chars[:-1].tolist(), chars[1:].tolist())]
 
     @cached_property
     def _properties(self) -> str:

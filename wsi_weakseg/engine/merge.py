@@ -17,11 +17,8 @@ geodesic cost budget ``max_reach_um``; a nucleus whose region is cut at that bud
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import heapq
 import logging
-import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,28 +27,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ProcessingError
-from ..io.geojson import valid_polygons
+from ..io.polygons import valid_ragged
 from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, oversized
-from .outlines import trace_outlines
+from .outlines import trace_flat
+from .records import BlockNuclei, Nucleus, iter_nuclei, iter_texts, save_block  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from .features import DetectionFormat
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Nucleus:
-    """One owned nucleus, in working pixels (global frame)."""
-
-    key: int  # raster key of the anchor, row * width + col + 1
-    anchor: tuple[int, int]  # (row, col)
-    rings: list[np.ndarray]  # closed (x, y) outlines on pixel edges: exterior, then holes (enclosed nuclei)
-    area_px: int
-    mean_foreground: float
-    centre_score: float
-    oversized: bool
-    text: tuple[str, str] | None = None  # serialised feature around its id (see engine.features)
 
 
 @dataclass(frozen=True)
@@ -64,14 +48,91 @@ class BlockResult:
     n_repaired: int = 0  # owned nuclei whose traced polygon was invalid and was repaired (see valid_polygons)
 
 
-def read_window(maps, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """Read ``maps[:, y0:y0+h, x0:x0+w]``, zero outside the image (out-of-image pixels hold no nucleus)."""
-    _, H, W = maps.shape
-    out = np.zeros((maps.shape[0], h, w), dtype=np.uint8)
-    ya, yb, xa, xb = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
-    if ya < yb and xa < xb:
-        out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = maps[:, ya:yb, xa:xb]
-    return out
+@dataclass(frozen=True)
+class Window:
+    """A block's core and the window read around it, clipped to the image (global working pixels).
+
+    Out-of-image pixels hold no nucleus and block no path, so a window clipped at the image edge labels
+    its pixels as one padded with zeros would; only markers near a *cut* window edge are unreliable.
+    """
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int  # the core [y0, y1) x [x0, x1)
+    wy0: int
+    wx0: int
+    wy1: int
+    wx1: int  # the window [wy0, wy1) x [wx0, wx1)
+    image_shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, shape: tuple[int, int], by: int, bx: int, block: int, halo: int) -> Window:
+        H, W = shape
+        y0, x0 = by * block, bx * block
+        y1, x1 = min(y0 + block, H), min(x0 + block, W)
+        return cls(y0, x0, y1, x1, max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, H), min(x1 + halo, W), (H, W))
+
+    def reliable(self, markers: np.ndarray, r: int) -> np.ndarray:
+        """Markers (window rows, cols) at least ``r`` from every window edge that is not an image edge."""
+        H, W = self.image_shape
+        h, w = self.wy1 - self.wy0, self.wx1 - self.wx0
+        rows, cols = markers[:, 0], markers[:, 1]
+        return (((rows >= r) | (self.wy0 == 0)) & ((rows < h - r) | (self.wy1 == H))
+                & ((cols >= r) | (self.wx0 == 0)) & ((cols < w - r) | (self.wx1 == W)))
+
+    def owns(self, markers: np.ndarray) -> np.ndarray:
+        """Markers (window rows, cols) in the core."""
+        rows, cols = markers[:, 0] + self.wy0, markers[:, 1] + self.wx0
+        return (rows >= self.y0) & (rows < self.y1) & (cols >= self.x0) & (cols < self.x1)
+
+
+def label_window(win: np.ndarray, window: Window, params: InstanceParams, anchor_filter=None):
+    """The instance rules on one window: (labels, markers, oversized flags), labels indexing ``markers``."""
+    fg, centre = win[0], win[1]
+    markers = find_markers(centre, fg, params)
+    markers = markers[window.reliable(markers, params.peak_radius)]
+    labels, owner, cost = assign_pixels(centre, fg, markers, params, (window.wy0, window.wx0), window.image_shape[1])
+    labels = clean_labels(labels, markers, params)
+    if anchor_filter is not None and len(markers):
+        rejected = np.concatenate([[False], ~anchor_filter(markers[:, 0] + window.wy0, markers[:, 1] + window.wx0)])
+        labels[rejected[labels]] = 0
+    return labels, markers, oversized(owner, cost, len(markers), params)
+
+
+def owned_nuclei(labels, markers, flags, win, window: Window) -> tuple[BlockNuclei, int]:
+    """The nuclei the block owns (anchor in its core, not dropped), as arrays; and how many were repaired."""
+    nm = len(markers) + 1
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=nm)
+    owned = np.flatnonzero(window.owns(markers)) + 1 if len(markers) else np.zeros(0, np.int64)
+    owned = owned[area[owned] > 0]  # some were dropped by clean-up (too small) or the anchor filter
+    if owned.size == 0:
+        return BlockNuclei.empty(), 0
+    fg_sum = np.bincount(flat, weights=win[0].ravel(), minlength=nm)
+    traced, xy, ring_starts, poly_starts = trace_flat(labels, owned)
+    # Valid by construction (clean_labels leaves no saddle); checked anyway, because one invalid polygon
+    # makes QuPath reject the whole file. Checked in working pixels, where corners are integers.
+    xy, ring_starts, poly_starts, repaired = valid_ragged(xy, ring_starts, poly_starts)
+    anchors = markers[owned - 1] + (window.wy0, window.wx0)
+    if repaired.any():
+        log.warning(
+            "block at (row, col) (%d, %d): %d nucleus outline(s) were invalid polygons and were repaired (largest "
+            "valid part kept; the label map is unchanged), e.g. the nucleus anchored at (row, col) %s",
+            window.y0, window.x0, int(repaired.sum()), tuple(anchors[repaired][0].tolist()),
+        )
+    W = window.image_shape[1]
+    return BlockNuclei(
+        keys=(anchors[:, 0] * W + anchors[:, 1] + 1).astype(np.int64),
+        anchors=anchors.astype(np.int64),
+        area_px=area[owned].astype(np.int64),
+        mean_foreground=fg_sum[owned] / area[owned] / 255.0,
+        centre_score=win[1][markers[owned - 1, 0], markers[owned - 1, 1]] / 255.0,
+        oversized=flags[owned],
+        xy=xy + (window.wx0, window.wy0),
+        ring_starts=ring_starts,
+        poly_starts=poly_starts,
+    ), int(repaired.sum())
 
 
 def process_block(
@@ -99,79 +160,25 @@ def process_block(
         Block core size (working pixels).
     params : InstanceParams
     record_dir : Path
-        Folder receiving ``{by}_{bx}.pkl`` with the owned :class:`Nucleus` list in key order.
+        Folder receiving ``{by}_{bx}.pkl``: the owned nuclei as a :class:`~.records.BlockNuclei`.
     anchor_filter : callable, optional
         ``f(rows, cols) -> bool array`` on global anchor positions; nuclei it rejects (e.g. outside a
         region of interest) are removed after they competed for pixels, so the others keep their shape.
     formatter : DetectionFormat, optional
         Serialises the owned nuclei here, in the worker (:meth:`~wsi_weakseg.engine.features.DetectionFormat.format_block`).
     """
-    _, H, W = maps.shape
-    halo = params.halo
-    y0, x0 = by * block, bx * block
-    y1, x1 = min(y0 + block, H), min(x0 + block, W)
-    wy, wx = y0 - halo, x0 - halo
-    win = read_window(maps, wy, wx, (y1 - y0) + 2 * halo, (x1 - x0) + 2 * halo)
-    fg, centre = win[0], win[1]
-    markers = find_markers(centre, fg, params)
-    r = params.peak_radius
-    h, w = fg.shape
-    ok = (markers[:, 0] >= r) & (markers[:, 0] < h - r) & (markers[:, 1] >= r) & (markers[:, 1] < w - r)
-    markers = markers[ok]
-    labels, owner, cost = assign_pixels(centre, fg, markers, params, (wy, wx), W)
-    labels = clean_labels(labels, markers, params)
-    if anchor_filter is not None and len(markers):
-        rejected = np.concatenate([[False], ~anchor_filter(markers[:, 0] + wy, markers[:, 1] + wx)])
-        labels[rejected[labels]] = 0
-    flags = oversized(owner, cost, len(markers), params)
-    marker_keys = np.concatenate([[0], (markers[:, 0] + wy) * W + markers[:, 1] + wx + 1]).astype(np.int64)
-    core = labels[halo : halo + (y1 - y0), halo : halo + (x1 - x0)]
-    keys_out[y0:y1, x0:x1] = marker_keys[core]
-
-    owned = np.nonzero(
-        (markers[:, 0] >= halo) & (markers[:, 0] < halo + (y1 - y0))
-        & (markers[:, 1] >= halo) & (markers[:, 1] < halo + (x1 - x0))
-    )[0] + 1 if len(markers) else np.zeros(0, np.int64)
-    nm = len(markers) + 1
-    area = np.bincount(labels.ravel(), minlength=nm)
-    owned = owned[area[owned] > 0]  # some were dropped by clean-up (too small) or the anchor filter
-    fg_sum = np.bincount(labels.ravel(), weights=fg.ravel(), minlength=nm)
-    rings = trace_outlines(labels, owned)
-    # Valid by construction (clean_labels leaves no saddle); checked anyway, because one invalid polygon
-    # makes QuPath reject the whole file. Checked in working pixels, where corners are integers.
-    checked, repaired = valid_polygons([rings[i] for i in owned.tolist()])
-    rings = dict(zip(owned.tolist(), checked))
-    if repaired.any():
-        log.warning(
-            "block (%d, %d): %d nucleus outline(s) were invalid polygons and were repaired (largest valid part "
-            "kept; the label map is unchanged), e.g. the nucleus anchored at (row, col) %s",
-            by, bx, int(repaired.sum()), tuple(int(v) for v in markers[owned[repaired][0] - 1] + (wy, wx)),
-        )
-    offset = np.array([wx, wy], dtype=np.float64)
-    nuclei = []
-    for idx in owned.tolist():
-        my, mx = int(markers[idx - 1, 0]), int(markers[idx - 1, 1])
-        nuclei.append(
-            Nucleus(
-                key=int(marker_keys[idx]),
-                anchor=(wy + my, wx + mx),
-                rings=[r + offset for r in rings[idx]],
-                area_px=int(area[idx]),
-                mean_foreground=float(fg_sum[idx] / area[idx] / 255.0),
-                centre_score=float(centre[my, mx] / 255.0),
-                oversized=bool(flags[idx]),
-            )
-        )
+    w = Window.of(tuple(maps.shape[1:]), by, bx, block, params.halo)
+    win = np.ascontiguousarray(maps[:, w.wy0 : w.wy1, w.wx0 : w.wx1], dtype=np.uint8)
+    labels, markers, flags = label_window(win, w, params, anchor_filter)
+    marker_keys = np.concatenate([[0], (markers[:, 0] + w.wy0) * w.image_shape[1] + markers[:, 1] + w.wx0 + 1])
+    core = labels[w.y0 - w.wy0 : w.y1 - w.wy0, w.x0 - w.wx0 : w.x1 - w.wx0]
+    keys_out[w.y0 : w.y1, w.x0 : w.x1] = marker_keys.astype(np.int64)[core]
+    nuclei, n_repaired = owned_nuclei(labels, markers, flags, win, w)
     if formatter is not None:
-        nuclei = [dataclasses.replace(n, text=t) for n, t in zip(nuclei, formatter.format_block(nuclei))]
-    with open(record_dir / f"{by}_{bx}.pkl", "wb") as fh:
-        pickle.dump(nuclei, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    return BlockResult(
-        index=(by, bx),
-        keys=np.array([n.key for n in nuclei], dtype=np.int64),
-        n_oversized=sum(n.oversized for n in nuclei),
-        n_repaired=int(repaired.sum()),
-    )
+        nuclei = formatter.format_block(nuclei)
+    save_block(record_dir, (by, bx), nuclei)
+    return BlockResult(index=(by, bx), keys=nuclei.keys, n_oversized=int(nuclei.oversized.sum()),
+                       n_repaired=n_repaired)
 
 
 def block_grid(shape: tuple[int, int], block: int) -> list[tuple[int, int]]:
@@ -217,19 +224,6 @@ def run_blocks(
     with _Tick():
         results = dask.compute(*tasks, scheduler="threads", num_workers=max(1, num_workers))
     return list(results)
-
-
-def iter_nuclei(record_dir: Path, blocks: list[tuple[int, int]]) -> Iterator[Nucleus]:
-    """All owned nuclei in global raster order of their anchors, one block row in memory at a time."""
-    rows: dict[int, list[tuple[int, int]]] = {}
-    for by, bx in blocks:
-        rows.setdefault(by, []).append((by, bx))
-    for by in sorted(rows):
-        streams = []
-        for b in sorted(rows[by]):
-            with open(record_dir / f"{b[0]}_{b[1]}.pkl", "rb") as fh:
-                streams.append(pickle.load(fh))
-        yield from heapq.merge(*streams, key=lambda n: n.key)
 
 
 def keys_to_ids(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:

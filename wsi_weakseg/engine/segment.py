@@ -27,7 +27,7 @@ from .features import DetectionFormat
 from .inference import STRIDE, Predictor, predict_tiles
 from .instances import InstanceParams, params_from_card
 from .lock import segment_lock
-from .merge import block_grid, iter_nuclei, run_blocks, write_label_ids
+from .merge import block_grid, iter_texts, run_blocks, write_label_ids
 from .outputs import OutputNames, check_collision, output_names, previous_run, publish_all, stale_outputs, staging
 from .pictures import MAX_OVERLAYS, write_pictures
 from .plan import Frame, TilePlan, plan_tiles, selection_margin
@@ -156,8 +156,7 @@ def write_geojson(path: Path, instances: Instances, compress: bool) -> int:
 
     n = 0
     with GeoJSONWriter(path, compress=compress) as out:
-        for nid, nuc in enumerate(iter_nuclei(instances.record_dir, instances.blocks), start=1):
-            head, tail = nuc.text
+        for nid, (head, tail) in enumerate(iter_texts(instances.record_dir, instances.blocks), start=1):
             out.write_serialized(f"{head}{nid}{tail}")
             n += 1
     if n != len(instances.sorted_keys):

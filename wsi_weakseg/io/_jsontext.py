@@ -18,13 +18,19 @@ MAX_ABS = 1e12
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _put_number(buf, pos, c):
-    """Write hundredths ``c`` as Python's float repr of ``c / 100``; return the new position."""
+def _put_decimal(buf, pos, c, digits):
+    """Write ``c / 10**digits`` (``c`` an integer) as Python's float repr of it; return the new position.
+
+    Plain decimals with trailing zeros dropped and one kept (``12.0``, ``12.5``, ``0.0625``): the repr of
+    the double nearest ``c / 10**digits`` for ``|c / 10**digits|`` below :data:`MAX_ABS` and at least
+    ``10**-4`` or 0 (``repr`` writes smaller numbers in exponent form; ``digits`` <= 4 never gives one).
+    """
     if c < 0:
         buf[pos] = 45  # '-'
         pos += 1
         c = -c
-    whole, frac = c // 100, c % 100
+    p = 10**digits
+    whole, frac = c // p, c % p
     n = 1
     t = whole // 10
     while t:
@@ -35,12 +41,64 @@ def _put_number(buf, pos, c):
         whole //= 10
     pos += n
     buf[pos] = 46  # '.'
-    buf[pos + 1] = 48 + frac // 10
-    pos += 2
-    if frac % 10:
-        buf[pos] = 48 + frac % 10
-        pos += 1
-    return pos
+    pos += 1
+    nd = digits
+    while nd > 1 and frac % 10 == 0:
+        frac //= 10
+        nd -= 1
+    for i in range(nd):
+        buf[pos + nd - 1 - i] = 48 + frac % 10
+        frac //= 10
+    return pos + nd
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _put_number(buf, pos, c):
+    """Write hundredths ``c`` as Python's float repr of ``c / 100``; return the new position."""
+    return _put_decimal(buf, pos, c, 2)
+
+
+@numba.njit(cache=True, nogil=True)
+def members_text(c, keys, key_starts, digits, close):
+    """``,<key>:<value>`` for every key of every row, then ``close``: the measurements' text of each nucleus.
+
+    Parameters
+    ----------
+    c : ndarray of int64, shape (n, k)
+        Values as integers ``value * 10**digits`` (see :func:`_put_decimal`).
+    keys : ndarray of uint8
+        The ``k`` JSON-encoded keys (UTF-8), one after another; key ``j`` is ``keys[key_starts[j]:key_starts[j + 1]]``.
+    key_starts : ndarray of int64, shape (k + 1,)
+    digits : int
+    close : ndarray of uint8
+        Text after each row's last value.
+
+    Returns
+    -------
+    buf : ndarray of uint8
+    offsets : ndarray of int64, shape (n + 1,)
+    """
+    n, k = c.shape
+    if len(key_starts) != k + 1:
+        raise ValueError("members_text: one key per column of c")
+    per_row = (k * 2 + key_starts[k] + k * 24 + len(close))
+    buf = np.empty(n * per_row + 1, np.uint8)
+    offsets = np.zeros(n + 1, np.int64)
+    pos = 0
+    for i in range(n):
+        for j in range(k):
+            buf[pos] = 44  # ','
+            pos += 1
+            for b in range(key_starts[j], key_starts[j + 1]):
+                buf[pos] = keys[b]
+                pos += 1
+            buf[pos] = 58  # ':'
+            pos = _put_decimal(buf, pos + 1, c[i, j], digits)
+        for b in range(len(close)):
+            buf[pos] = close[b]
+            pos += 1
+        offsets[i + 1] = pos
+    return buf[:pos], offsets
 
 
 @numba.njit(cache=True, nogil=True)

@@ -31,6 +31,7 @@ import numpy as np
 
 from wsi_weakseg.errors import OutputError
 from wsi_weakseg.io._geojson_read import feature_class_name, read_features, read_roi
+from wsi_weakseg.io.polygons import valid_polygons, valid_ragged
 
 __all__ = [
     "DEFAULT_NUCLEUS_COLOR",
@@ -40,7 +41,9 @@ __all__ = [
     "read_features",
     "read_roi",
     "stable_uuid",
+    "stable_uuids",
     "valid_polygons",
+    "valid_ragged",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,30 @@ def stable_uuid(*parts: object) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def stable_uuids(prefix: tuple[object, ...], pairs: np.ndarray) -> list[str]:
+    """``[stable_uuid(*prefix, a, b) for a, b in pairs]``, hashing the common prefix once.
+
+    Examples
+    --------
+    >>> stable_uuids(("fp", "sha"), np.array([[3, 7]])) == [stable_uuid("fp", "sha", 3, 7)]
+    True
+    """
+    if len(pairs) == 0:
+        return []
+    base = hashlib.sha1(_NAMESPACE_BYTES + "".join(f"{p}\x1f" for p in prefix).encode("utf-8"))
+    digests = []
+    for a, b in np.asarray(pairs).tolist():
+        h = base.copy()
+        h.update(f"{a}\x1f{b}".encode())
+        digests.append(h.digest()[:16])
+    d = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16).copy()
+    d[:, 6] = (d[:, 6] & 0x0F) | 0x50
+    d[:, 8] = (d[:, 8] & 0x3F) | 0x80
+    h = d.tobytes().hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, len(h), 32)]
+
+
 def _ring(vertices: np.ndarray, what: str) -> list[list[float]]:
     """Round a ring to 2 decimals, drop repeated vertices and close it (first == last)."""
     arr = np.asarray(vertices, dtype=np.float64)
@@ -108,53 +135,6 @@ def _ring(vertices: np.ndarray, what: str) -> list[list[float]]:
     ring = arr.tolist()
     ring.append(list(ring[0]))
     return ring
-
-
-def valid_polygons(polygons: Sequence[Sequence[np.ndarray]]) -> tuple[list[list[np.ndarray]], np.ndarray]:
-    """Check polygons as QuPath will read them, and repair the invalid ones deterministically.
-
-    Parameters
-    ----------
-    polygons : Sequence of Sequence of numpy.ndarray
-        Each polygon's closed rings, ``(n, 2)`` arrays of ``(x, y)``: exterior first, then holes.
-
-    Returns
-    -------
-    rings : list of list of numpy.ndarray
-        Per polygon, its own rings where it is valid (``shapely.is_valid``); otherwise the rings of the
-        largest polygon of ``shapely.make_valid`` (its convex hull if none has an area).
-    repaired : numpy.ndarray of bool
-        Which polygons were invalid and replaced.
-
-    Notes
-    -----
-    Validity is kept by a positive scale, a shift and rounding to 2 decimals when rings lie on a
-    pixel-corner grid of spacing above 0.01 (rounding is monotone, so every corner keeps its place in
-    the grid's order): check in working pixels, then transform.
-
-    Examples
-    --------
-    >>> bowtie = np.array([[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]], float)
-    >>> rings, repaired = valid_polygons([[bowtie]])
-    >>> repaired.tolist(), len(rings[0])
-    ([True], 1)
-    """
-    import shapely
-
-    polygons = [[np.asarray(r, dtype=np.float64) for r in rings] for rings in polygons]
-    if not polygons:
-        return [], np.zeros(0, dtype=bool)
-    coords = np.concatenate([r for rings in polygons for r in rings])
-    ring_offsets = np.cumsum([0] + [len(r) for rings in polygons for r in rings])
-    poly_offsets = np.cumsum([0] + [len(rings) for rings in polygons])
-    geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_offsets, poly_offsets))
-    repaired = ~shapely.is_valid(geoms)
-    out = list(polygons)
-    for i in np.flatnonzero(repaired).tolist():
-        parts = [g for g in shapely.get_parts(shapely.make_valid(geoms[i])) if g.geom_type == "Polygon" and g.area > 0]
-        best = max(parts, key=lambda g: g.area) if parts else shapely.convex_hull(geoms[i])
-        out[i] = [np.asarray(best.exterior.coords)] + [np.asarray(h.coords) for h in best.interiors]
-    return out, repaired
 
 
 def _measurement_value(name: str, value: Any) -> int | float:
