@@ -21,7 +21,8 @@ processing (:mod:`wsi_weakseg.engine.merge`) equal to processing the whole image
    cut *saddles* (the instance touching itself only diagonally at a pixel corner). The result is
    4-connected, saddle-free and has holes only where it encloses another instance (or a pocket shared
    with one), so its outline is a valid polygon on pixel edges (:mod:`~wsi_weakseg.engine.outlines`):
-   simple rings that never touch, which QuPath reads.
+   simple rings that never touch, which QuPath reads. Compiled and GIL-free in :mod:`._cleanup`, which
+   works instance by instance in bounding boxes.
 
 Together: a pixel's final label depends on the maps within ``3 * max_cost + peak_radius`` of it
 (:meth:`InstanceParams.halo`).
@@ -33,9 +34,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.measure import label as cc_label
 
+from ._cleanup import clean, saddle_mask
 from ._geodesic import geodesic_assign, local_maxima, step_costs
 from .outlines import trace_outlines
 
@@ -148,54 +148,6 @@ def assign_pixels(
     return labels, owner, cost
 
 
-def _keep_marker_components(labels: np.ndarray, markers: np.ndarray) -> np.ndarray:
-    """Zero every 4-connected piece of an instance that does not hold a marker (in place)."""
-    comp = cc_label(labels, connectivity=1, background=0)
-    anchor_comp = np.zeros(comp.max() + 1, dtype=bool)
-    anchor_comp[comp[markers[:, 0], markers[:, 1]]] = True
-    anchor_comp[0] = False
-    labels[~anchor_comp[comp]] = 0
-    return labels
-
-
-def _drop_small(labels: np.ndarray, n: int, min_area: int) -> np.ndarray:
-    """Zero instances of fewer than ``min_area`` pixels (in place)."""
-    small = np.bincount(labels.ravel(), minlength=n + 1) < min_area
-    small[0] = False
-    labels[small[labels]] = 0
-    return labels
-
-
-def _fill_pockets(labels: np.ndarray, n: int, reach: int) -> np.ndarray:
-    """Give each background pocket (4-connected) bordered by one instance alone to that instance.
-
-    A pocket cannot be larger than the nucleus around it, so background components of more than
-    ``(2 * reach + 1) ** 2`` pixels, and those touching the window edge, are never pockets. Filling creates
-    no saddle: every 4-neighbour of a pocket pixel is in the pocket or in the instance that gets it.
-    """
-    bg, nbg = ndi.label(labels == 0)
-    if not nbg:
-        return labels
-    small = np.bincount(bg.ravel(), minlength=nbg + 1) <= (2 * reach + 1) ** 2
-    small[0] = False
-    small[np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])] = False  # touching the window edge
-    pairs = []
-    for a, b in ((bg[1:], labels[:-1]), (bg[:-1], labels[1:]), (bg[:, 1:], labels[:, :-1]), (bg[:, :-1], labels[:, 1:])):
-        m = small[a] & (b > 0)
-        pairs.append(a[m].astype(np.int64) * (n + 1) + b[m])
-    pairs = np.unique(np.concatenate(pairs))
-    comp, inst = pairs // (n + 1), pairs % (n + 1)
-    comps, counts = np.unique(comp, return_counts=True)
-    single = comps[counts == 1]
-    if single.size:
-        fill = np.zeros(nbg + 1, dtype=np.int32)
-        sel = np.isin(comp, single)
-        fill[comp[sel]] = inst[sel]
-        holes = fill[bg]
-        labels = np.where(holes > 0, holes, labels)
-    return labels
-
-
 def saddle_cuts(labels: np.ndarray, is_marker: np.ndarray) -> np.ndarray:
     """Pixels to remove so that no instance touches itself only diagonally at a pixel corner.
 
@@ -221,24 +173,7 @@ def saddle_cuts(labels: np.ndarray, is_marker: np.ndarray) -> np.ndarray:
     >>> saddle_cuts(lab, np.zeros((2, 2), bool)).astype(int).tolist()
     [[0, 0], [0, 1]]
     """
-    h, w = labels.shape
-    cut = np.zeros(labels.shape, dtype=bool)
-    if h < 2 or w < 2:
-        return cut
-    top = labels[:-1, :-1] != labels[:-1, 1:]  # block (top-left at r, c): a != b
-    vert = labels[:-1] != labels[1:]
-    flat = labels.ravel()
-    # X at top-left (a) and bottom-right (d): a != b, a != c, then a == d > 0 on those few corners only.
-    # X at top-right (b) and bottom-left (c): a != b, b != d, then b == c > 0.
-    for cand, first, second in ((top & vert[:, :-1], 0, w + 1), (top & vert[:, 1:], 1, w)):
-        r, c = np.divmod(np.flatnonzero(cand), w - 1)
-        i = r * w + c + first  # the upper pixel of the diagonal
-        j = r * w + c + second  # the lower one
-        hit = (flat[i] == flat[j]) & (flat[i] > 0)
-        i, j = i[hit], j[hit]
-        lower_is_marker = is_marker.ravel()[j]
-        cut.ravel()[np.where(lower_is_marker, i, j)] = True
-    return cut
+    return saddle_mask(np.ascontiguousarray(labels, dtype=np.int32), np.ascontiguousarray(is_marker, dtype=bool))
 
 
 def clean_labels(labels: np.ndarray, markers: np.ndarray, params: InstanceParams) -> np.ndarray:
@@ -249,7 +184,9 @@ def clean_labels(labels: np.ndarray, markers: np.ndarray, params: InstanceParams
     fragment is absorbed, not left as a hole); cut saddles (:func:`saddle_cuts`) and keep marker
     components again, until none is left. Cuts are rare; after any, small instances are dropped and
     pockets filled once more, which creates no saddle. Each step acts on an instance's own pixels and
-    the pockets inside its bounding box, so the rules stay as local as before.
+    the pockets inside its bounding box, so the rules stay as local as before. Runs as one compiled
+    kernel (:func:`._cleanup.clean`), exactly equal to the numpy/scipy steps it replaced
+    (``tests/engine/test_cleanup.py`` keeps those as the oracle).
 
     Parameters
     ----------
@@ -262,27 +199,15 @@ def clean_labels(labels: np.ndarray, markers: np.ndarray, params: InstanceParams
     Returns
     -------
     ndarray of int32
-        A cleaned copy. Each instance's outline is one simple exterior ring plus a simple hole per
+        A cleaned copy (int32 whatever the input's integer type; an unchanged copy if there are no
+        markers). Each instance's outline is one simple exterior ring plus a simple hole per
         enclosed region, no two rings touching: a valid polygon by construction.
     """
-    labels = labels.copy()
     if len(markers) == 0:
-        return labels
-    n = len(markers)
-    labels = _keep_marker_components(labels, markers)
-    labels = _drop_small(labels, n, params.min_area)
-    labels = _fill_pockets(labels, n, params.reach)
-    is_marker = np.zeros(labels.shape, dtype=bool)
-    is_marker[markers[:, 0], markers[:, 1]] = True
-    cut = saddle_cuts(labels, is_marker)
-    if cut.any():
-        while cut.any():  # each pass removes pixels, never a marker: it ends
-            labels[cut] = 0
-            labels = _keep_marker_components(labels, markers)
-            cut = saddle_cuts(labels, is_marker)
-        labels = _drop_small(labels, n, params.min_area)
-        labels = _fill_pockets(labels, n, params.reach)
-    return labels
+        return labels.copy()
+    markers = np.asarray(markers)
+    return clean(np.ascontiguousarray(labels, dtype=np.int32), np.ascontiguousarray(markers[:, 0], dtype=np.int64),
+                 np.ascontiguousarray(markers[:, 1], dtype=np.int64), int(params.min_area), (2 * params.reach + 1) ** 2)
 
 
 def _ring_margin(params: InstanceParams) -> float:
