@@ -153,6 +153,8 @@ def local_maxima(centre, fg, centre_min, foreground, radius, shift):
             if c < centre_min or fg[i, j] < foreground:
                 continue
             level = c >> shift
+            if not _beats_ring(centre, h, w, i, j, level, shift, 1):  # most pixels lose to a neighbour
+                continue
             best = True
             for y in range(max(0, i - radius), min(h, i + radius + 1)):
                 for x in range(max(0, j - radius), min(w, j + radius + 1)):
@@ -171,3 +173,14 @@ def local_maxima(centre, fg, centre_min, foreground, radius, shift):
                 out[n, 1] = j
                 n += 1
     return out[:n].copy()
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _beats_ring(centre, h, w, i, j, level, shift, r):
+    """Whether pixel (i, j) of ``level`` outranks every pixel within ``r`` of it (the order of :func:`local_maxima`)."""
+    for y in range(max(0, i - r), min(h, i + r + 1)):
+        for x in range(max(0, j - r), min(w, j + r + 1)):
+            q = centre[y, x] >> shift
+            if q > level or (q == level and (y < i or (y == i and x < j))):
+                return False
+    return True

@@ -76,15 +76,16 @@ def trace_rings(lab, selected):
     ex = np.empty(64, np.int64)  # one ring's edges: corner x, corner y, side
     ey = np.empty(64, np.int64)
     es = np.empty(64, np.int64)
+    pad = np.full((h + 2, w + 2), -1, np.int32)  # -1 outside the image: no bounds tests in the scan
+    pad[1 : h + 1, 1 : w + 1] = lab
     for cy in range(h + 1):
+        up, down = pad[cy], pad[cy + 1]
         for cx in range(w + 1):
-            # the four pixels around corner (cx, cy): a b / c d, -1 outside the image
-            a = lab[cy - 1, cx - 1] if cy > 0 and cx > 0 else -1
-            b = lab[cy - 1, cx] if cy > 0 and cx < w else -1
-            c = lab[cy, cx - 1] if cy < h and cx > 0 else -1
-            d = lab[cy, cx] if cy < h and cx < w else -1
-            if a == b and b == c and c == d:
+            # the four pixels around corner (cx, cy): a b / c d
+            b, d = up[cx + 1], down[cx + 1]
+            if b == d and up[cx] == b and down[cx] == b:
                 continue
+            a, c = up[cx], down[cx]
             for side0 in range(4):
                 if side0 == 0:  # top side of d, starts here when b differs
                     k, y, x, other = d, cy, cx, b

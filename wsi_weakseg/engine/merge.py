@@ -100,17 +100,25 @@ def label_window(win: np.ndarray, window: Window, params: InstanceParams, anchor
     return labels, markers, oversized(owner, cost, len(markers), params)
 
 
-def owned_nuclei(labels, markers, flags, win, window: Window) -> tuple[BlockNuclei, int]:
-    """The nuclei the block owns (anchor in its core, not dropped), as arrays; and how many were repaired."""
+def owned_nuclei(labels, markers, flags, win, window: Window, reach: int) -> tuple[BlockNuclei, int]:
+    """The nuclei the block owns (anchor in its core, not dropped), as arrays; and how many were repaired.
+
+    Every pixel of a nucleus lies within ``reach`` (Chebyshev) of its anchor, so measuring and tracing
+    look only at the core grown by ``reach``, not at the whole window.
+    """
     nm = len(markers) + 1
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=nm)
     owned = np.flatnonzero(window.owns(markers)) + 1 if len(markers) else np.zeros(0, np.int64)
+    if owned.size == 0:
+        return BlockNuclei.empty(), 0
+    oy, ox = np.maximum(markers[owned - 1].min(axis=0) - reach, 0)
+    ey, ex = markers[owned - 1].max(axis=0) + reach + 1
+    crop, fg = labels[oy:ey, ox:ex], win[0, oy:ey, ox:ex]
+    area = np.bincount(crop.ravel(), minlength=nm)
     owned = owned[area[owned] > 0]  # some were dropped by clean-up (too small) or the anchor filter
     if owned.size == 0:
         return BlockNuclei.empty(), 0
-    fg_sum = np.bincount(flat, weights=win[0].ravel(), minlength=nm)
-    traced, xy, ring_starts, poly_starts = trace_flat(labels, owned)
+    fg_sum = np.bincount(crop.ravel(), weights=fg.ravel(), minlength=nm)
+    traced, xy, ring_starts, poly_starts = trace_flat(crop, owned)
     # Valid by construction (clean_labels leaves no saddle); checked anyway, because one invalid polygon
     # makes QuPath reject the whole file. Checked in working pixels, where corners are integers.
     xy, ring_starts, poly_starts, repaired = valid_ragged(xy, ring_starts, poly_starts)
@@ -129,7 +137,7 @@ def owned_nuclei(labels, markers, flags, win, window: Window) -> tuple[BlockNucl
         mean_foreground=fg_sum[owned] / area[owned] / 255.0,
         centre_score=win[1][markers[owned - 1, 0], markers[owned - 1, 1]] / 255.0,
         oversized=flags[owned],
-        xy=xy + (window.wx0, window.wy0),
+        xy=xy + (window.wx0 + ox, window.wy0 + oy),
         ring_starts=ring_starts,
         poly_starts=poly_starts,
     ), int(repaired.sum())
@@ -173,7 +181,7 @@ def process_block(
     marker_keys = np.concatenate([[0], (markers[:, 0] + w.wy0) * w.image_shape[1] + markers[:, 1] + w.wx0 + 1])
     core = labels[w.y0 - w.wy0 : w.y1 - w.wy0, w.x0 - w.wx0 : w.x1 - w.wx0]
     keys_out[w.y0 : w.y1, w.x0 : w.x1] = marker_keys.astype(np.int64)[core]
-    nuclei, n_repaired = owned_nuclei(labels, markers, flags, win, w)
+    nuclei, n_repaired = owned_nuclei(labels, markers, flags, win, w, params.reach)
     if formatter is not None:
         nuclei = formatter.format_block(nuclei)
     save_block(record_dir, (by, bx), nuclei)
