@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from wsi_weakseg import cli
+from wsi_weakseg.engine.resume import PARTIAL_PREFIX
 from wsi_weakseg.demo import synthetic_he
 from wsi_weakseg.errors import ProcessingError
 from wsi_weakseg.slide.testing import write_pyramid_tiff
@@ -72,6 +73,18 @@ def snapshot(folder: Path) -> dict[str, str] | None:
         rel = p.relative_to(folder).as_posix()
         snap[rel] = "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
     return snap
+
+
+def published(snap: dict[str, str] | None) -> dict[str, str] | None:
+    """A :func:`snapshot` without the hidden working folder a failed run keeps for resuming (engine.resume)."""
+    return None if snap is None else {k: v for k, v in snap.items() if not k.startswith(PARTIAL_PREFIX)} or None
+
+
+def kept_partial(folder: Path, stem: str) -> Path:
+    """The working folder a failed run kept: its key and the finished tiles, nothing published."""
+    partial = folder / f"{PARTIAL_PREFIX}{stem}"
+    assert (partial / "key.txt").is_file() and (partial / "tiles.log").read_text().strip()
+    return partial
 
 
 def error_lines(err: str) -> list[str]:
@@ -505,7 +518,8 @@ def test_processing_failure_exit_1_and_cleanup(capsys, monkeypatch, slides, out_
         code, out, err = run(capsys, "segment", slides["good"], "-o", target, "--num-workers", "1")
         check_failure(code, err, 1, fragment)
         assert out == ""
-        assert snapshot(target) == before
+        assert published(snapshot(target)) == published(before)
+        kept_partial(target, "good")  # inference finished: its tiles are kept for a rerun
 
 
 def test_unexpected_error_traceback_only_with_verbose(capsys, monkeypatch, slides, out_dir):
@@ -518,7 +532,8 @@ def test_unexpected_error_traceback_only_with_verbose(capsys, monkeypatch, slide
     code, _, err = run(capsys, "-v", "segment", slides["good"], "-o", out_dir)
     assert code == 1
     assert "Traceback" in err and "kaboom" in err
-    assert not out_dir.exists()
+    assert published(snapshot(out_dir)) is None  # nothing published; finished tiles kept for a rerun
+    kept_partial(out_dir, "good")
 
 
 def test_failure_while_publishing_restores_previous_outputs(capsys, monkeypatch, slides, tmp_path):
@@ -551,18 +566,26 @@ def test_failure_while_publishing_restores_previous_outputs(capsys, monkeypatch,
         code, _, err = run(capsys, "segment", slides["good"], "-o", dest)
         check_failure(code, err, 2, "No space left")
         assert not armed["on"], "the injected failure did not happen"
-        assert snapshot(dest) == prev
-    assert snapshot(target) == before
+        assert published(snapshot(dest)) == published(prev)
+    assert published(snapshot(target)) == published(before)
 
 
-def test_keyboard_interrupt_cleans_up(capsys, monkeypatch, slides, out_dir):
+def test_keyboard_interrupt_publishes_nothing_and_keeps_finished_tiles(capsys, caplog, monkeypatch, slides, out_dir):
     import wsi_weakseg.engine.segment as seg
 
+    real = seg.run_blocks
     monkeypatch.setattr(seg, "run_blocks", _boom(KeyboardInterrupt()))
     code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir)
     assert code == 130
-    assert "Traceback" not in err
-    assert not out_dir.exists()
+    assert "Traceback" not in err and "rerun the same command" in caplog.text
+    assert published(snapshot(out_dir)) is None
+    n_tiles = len(kept_partial(out_dir, "good").joinpath("tiles.log").read_text().splitlines())
+    monkeypatch.setattr(seg, "run_blocks", real)
+    code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir)
+    assert code == 0, err
+    run_json = json.loads((out_dir / "good.run.json").read_text())
+    assert run_json["resumed"]["tiles_reused"] == n_tiles == run_json["tiles"]["processed"]
+    assert not any(p.name.startswith(PARTIAL_PREFIX) for p in out_dir.iterdir())
 
 
 # --------------------------------------------------------------------------------------------- real process

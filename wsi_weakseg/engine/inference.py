@@ -157,12 +157,13 @@ def predict_tiles(
     context: int,
     batch_size: int = 8,
     num_workers: int = 2,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[list[tuple[int, int]]], None] | None = None,
 ) -> None:
     """Predict ``tiles`` and write their cores into ``out`` (K, H, W), chunked by ``tile``.
 
     A thread pool reads tiles ahead (bounded queue) so reading overlaps the forward pass; the main
-    thread is the only writer of ``out``.
+    thread is the only writer of ``out``. ``on_batch(origins)`` is called after each batch's maps are
+    written.
     """
     if tile % STRIDE or context % STRIDE:
         raise ConfigError(f"tile size {tile} and context {context} must be multiples of {STRIDE}")
@@ -200,4 +201,4 @@ def predict_tiles(
                 hh, ww = min(tile, H - y), min(tile, W - x)
                 out[:, y : y + hh, x : x + ww] = m[:, :hh, :ww]
             if on_batch is not None:
-                on_batch(len(origins))
+                on_batch(origins)

@@ -30,7 +30,7 @@ from ..errors import ProcessingError
 from ..io.polygons import valid_ragged
 from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, oversized
 from .outlines import trace_flat
-from .records import BlockNuclei, Nucleus, iter_nuclei, iter_texts, save_block  # noqa: F401  (re-exported)
+from .records import BlockNuclei, Nucleus, iter_nuclei, iter_texts, load_summary, record_path, save_block  # noqa: F401
 
 if TYPE_CHECKING:
     from .features import DetectionFormat
@@ -168,7 +168,8 @@ def process_block(
         Block core size (working pixels).
     params : InstanceParams
     record_dir : Path
-        Folder receiving ``{by}_{bx}.pkl``: the owned nuclei as a :class:`~.records.BlockNuclei`.
+        Folder receiving the block's record (:func:`~.records.save_block`), written last: a block whose
+        record exists is finished, its key chunk included.
     anchor_filter : callable, optional
         ``f(rows, cols) -> bool array`` on global anchor positions; nuclei it rejects (e.g. outside a
         region of interest) are removed after they competed for pixels, so the others keep their shape.
@@ -184,9 +185,19 @@ def process_block(
     nuclei, n_repaired = owned_nuclei(labels, markers, flags, win, w, params.reach)
     if formatter is not None:
         nuclei = formatter.format_block(nuclei)
-    save_block(record_dir, (by, bx), nuclei)
+    save_block(record_dir, (by, bx), nuclei, n_repaired)
     return BlockResult(index=(by, bx), keys=nuclei.keys, n_oversized=int(nuclei.oversized.sum()),
                        n_repaired=n_repaired)
+
+
+def finished_blocks(record_dir: Path, blocks: list[tuple[int, int]]) -> list[BlockResult]:
+    """Results of the ``blocks`` whose record an earlier run of the same work left (:mod:`.resume`)."""
+    results = []
+    for index in blocks:
+        if record_path(record_dir, index).exists():
+            keys, n_oversized, n_repaired = load_summary(record_dir, index)
+            results.append(BlockResult(index, keys, n_oversized, n_repaired))
+    return results
 
 
 def block_grid(shape: tuple[int, int], block: int) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ want one (tests, analysis); :func:`iter_texts` is what the GeoJSON writer stream
 
 from __future__ import annotations
 
-import pickle
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,15 +114,39 @@ class BlockNuclei:
         )
 
 
-def save_block(record_dir: Path, index: tuple[int, int], nuclei: BlockNuclei) -> None:
-    """Write a block's record ``{by}_{bx}.pkl`` (an internal, trusted work file of this run)."""
-    with open(record_dir / f"{index[0]}_{index[1]}.pkl", "wb") as fh:
-        pickle.dump(nuclei, fh, protocol=pickle.HIGHEST_PROTOCOL)
+_ARRAYS = ("keys", "anchors", "area_px", "mean_foreground", "centre_score", "oversized", "xy", "ring_starts",
+           "poly_starts", "cuts")
+
+
+def record_path(record_dir: Path, index: tuple[int, int]) -> Path:
+    """The record file of block ``index``: ``{by}_{bx}.npz``."""
+    return record_dir / f"{index[0]}_{index[1]}.npz"
+
+
+def save_block(record_dir: Path, index: tuple[int, int], nuclei: BlockNuclei, n_repaired: int = 0) -> None:
+    """Write a block's record: plain arrays (``.npz``, no pickle), by temporary name and rename.
+
+    A record exists only complete, so a resumed run (:mod:`.resume`) can trust any record it finds.
+    """
+    path = record_path(record_dir, index)
+    tmp = path.with_name(path.name + ".tmp")
+    arrays = {k: getattr(nuclei, k) for k in _ARRAYS}
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays, text=np.frombuffer(nuclei.text.encode("utf-8"), np.uint8),
+                 n_repaired=np.int64(n_repaired))
+    os.replace(tmp, path)
 
 
 def load_block(record_dir: Path, index: tuple[int, int]) -> BlockNuclei:
-    with open(record_dir / f"{index[0]}_{index[1]}.pkl", "rb") as fh:
-        return pickle.load(fh)
+    """Read a block's record (arrays only: ``allow_pickle=False``)."""
+    with np.load(record_path(record_dir, index), allow_pickle=False) as z:
+        return BlockNuclei(**{k: z[k] for k in _ARRAYS}, text=z["text"].tobytes().decode("utf-8"))
+
+
+def load_summary(record_dir: Path, index: tuple[int, int]) -> tuple[np.ndarray, int, int]:
+    """A finished block's anchor keys, number of oversized and of repaired nuclei (for a resumed run)."""
+    with np.load(record_path(record_dir, index), allow_pickle=False) as z:
+        return z["keys"], int(z["oversized"].sum()), int(z["n_repaired"])
 
 
 def _rows(record_dir: Path, blocks: list[tuple[int, int]]) -> Iterator[tuple[list[BlockNuclei], np.ndarray]]:

@@ -3,8 +3,9 @@
 Stages, each a function with plain inputs and outputs: plan the tiles (tissue, ROI; :mod:`.plan`),
 :func:`infer_maps` tile by tile into an OME-Zarr store, :func:`extract_instances` blockwise exactly once
 and relabel them to consecutive ids, :func:`write_geojson`, build the pyramids, write ``run.json``
-(:mod:`.provenance`). Everything is written inside a hidden temporary folder in the output directory and
-renamed into place at the end (:mod:`.outputs`), so a failure leaves nothing behind.
+(:mod:`.provenance`). Everything is written inside a hidden working folder in the output directory and
+renamed into place at the end (:mod:`.outputs`), so a failure publishes nothing; finished tiles and blocks in
+that folder are reused when the same command runs again after a kill (:mod:`.resume`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +24,17 @@ from .. import __version__
 from ..errors import ConfigError, NoTissueError, OutputError, ProcessingError, WsiWeaksegError
 from ..model.card import DEFAULT_MODEL, Model, load_model
 from .features import DetectionFormat
-from .inference import STRIDE, Predictor, predict_tiles
+from .inference import STRIDE, Predictor, predict_tiles, resolve_device
 from .instances import InstanceParams, params_from_card
 from .lock import segment_lock
-from .merge import block_grid, iter_texts, run_blocks, write_label_ids
-from .outputs import OutputNames, check_collision, output_names, previous_run, publish_all, stale_outputs, staging
+from .merge import block_grid, finished_blocks, iter_texts, run_blocks, write_label_ids
+from .outputs import OutputNames, check_collision, output_names, previous_run, publish_all, stale_outputs
 from .pictures import MAX_OVERLAYS, write_pictures
 from .plan import Frame, TilePlan, plan_tiles, selection_margin
 from .progress import progress_bar
 from .provenance import StageClock, model_record, slide_fingerprint, slide_record, versions, working_record
 from .regions import TissueSelection, check_tissue_option, load_roi, select_tissue
+from .resume import Partial, file_digest, resumable, run_key
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Instances:
     sorted_keys: np.ndarray
     n_oversized: int
     n_repaired: int = 0
+    n_reused: int = 0  # blocks finished by an interrupted earlier run
 
 
 def instance_params(model: Model, mpp: float) -> InstanceParams:
@@ -114,13 +116,25 @@ def instance_params(model: Model, mpp: float) -> InstanceParams:
     return params_from_card(model.card, mpp)
 
 
-def infer_maps(model: Model, view, plan: TilePlan, out, opts: SegmentOptions) -> str:
-    """Predict the planned tiles of ``view`` into ``out`` (K, H, W); return the device used."""
+def infer_maps(model: Model, view, plan: TilePlan, out, opts: SegmentOptions, partial: Partial | None = None) -> str:
+    """Predict the planned tiles of ``view`` into ``out`` (K, H, W); return the device used.
+
+    With ``partial``, tiles it holds are skipped and each finished batch is recorded there.
+    """
     predictor = Predictor(model.net, model.card, opts.device)
+    done = partial.reused_tiles if partial is not None else set()
+    todo = [t for t in plan.tiles if t not in done]
+
+    def finished(origins: list[tuple[int, int]]) -> None:
+        if partial is not None:
+            partial.record_tiles(origins)
+        bar.update(len(origins))
+
     with progress_bar(len(plan.tiles), "infer tiles", opts.progress) as bar:
+        bar.update(len(plan.tiles) - len(todo))
         predict_tiles(
-            predictor, view.read, tuple(view.shape), out, plan.tiles, plan.tile, model.card.context_px,
-            opts.batch_size, opts.num_workers, on_batch=bar.update,
+            predictor, view.read, tuple(view.shape), out, todo, plan.tile, model.card.context_px,
+            opts.batch_size, opts.num_workers, on_batch=finished,
         )
     return str(predictor.device)
 
@@ -129,25 +143,30 @@ def extract_instances(maps, labels_out, work: Path, params: InstanceParams, opts
                       anchor_filter=None, formatter=None) -> Instances:
     """Nuclei of the maps (K, H, W), blockwise and exactly once; consecutive ids written to ``labels_out``.
 
-    ``work`` receives the label-key array (removed again) and the per-block nucleus records.
+    ``work`` receives the label-key array and the per-block nucleus records; blocks whose record an
+    interrupted run left there are reused (:mod:`.resume`).
     """
     import zarr
 
     shape = tuple(maps.shape[1:])
-    keys = zarr.create_array(
-        work / "keys.zarr", shape=shape, chunks=(opts.block_size, opts.block_size), dtype="int64", fill_value=0
-    )
+    if (work / "keys.zarr").exists():
+        keys = zarr.open_array(work / "keys.zarr", mode="r+")
+    else:
+        keys = zarr.create_array(work / "keys.zarr", shape=shape, chunks=(opts.block_size, opts.block_size),
+                                 dtype="int64", fill_value=0)
     blocks = block_grid(shape, opts.block_size)
+    reused = finished_blocks(work / "blocks", blocks)
+    todo = sorted(set(blocks) - {r.index for r in reused})
     with progress_bar(len(blocks), "instances", opts.progress) as bar:
-        results = run_blocks(
-            maps, keys, opts.block_size, params, work / "blocks", blocks, opts.num_workers,
+        bar.update(len(reused))
+        results = reused + run_blocks(
+            maps, keys, opts.block_size, params, work / "blocks", todo, opts.num_workers,
             on_done=lambda: bar.update(1), anchor_filter=anchor_filter, formatter=formatter,
         )
     sorted_keys = np.sort(np.concatenate([r.keys for r in results]))
     write_label_ids(keys, labels_out, sorted_keys, opts.num_workers)
-    shutil.rmtree(work / "keys.zarr")
     return Instances(blocks, work / "blocks", sorted_keys, int(sum(r.n_oversized for r in results)),
-                     int(sum(r.n_repaired for r in results)))
+                     int(sum(r.n_repaired for r in results)), len(reused))
 
 
 def write_geojson(path: Path, instances: Instances, compress: bool) -> int:
@@ -244,12 +263,14 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
     H, W = view.shape
     log.info("%s: %d x %d working px at %.4f µm/px, %d tiles of %d", slide_path.name, W, H, view.mpp, len(plan.tiles), tile)
 
-    with staging(output_dir) as tmp:
+    key = _resume_key(fingerprint, model, opts, tile, view.mpp)
+    with resumable(output_dir, names.stem, key) as partial:
+        tmp = partial.folder
         fx, fy = frame.offset
         store = OmeZarrWriter(tmp / names.zarr, (H, W), view.mpp, card.heads, chunk=tile,
                               label_chunk=opts.block_size, name=names.stem,
-                              translation_um=grid_translation_um((fy, fx), frame.scale, slide.mpp))
-        device = infer_maps(model, view, plan, store.image, opts)
+                              translation_um=grid_translation_um((fy, fx), frame.scale, slide.mpp), resume=True)
+        device = infer_maps(model, view, plan, store.image, opts, partial)
         clock.lap("inference")
         cls = card.classes[0]
         formatter = DetectionFormat(
@@ -270,10 +291,11 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
                         "nuclei_repaired); please report the slide if this is frequent", slide_path.name,
                         inst.n_repaired)
         store.finalize()
-        shutil.rmtree(inst.record_dir)
         clock.lap("pyramid")
         run = _run_record(slide, slide_path, fingerprint, model, view, opts, plan, params, device, tissue,
-                          n, inst, clock) | {"pictures": pictures}
+                          n, inst, clock) | {"pictures": pictures,
+                                             "resumed": {"tiles_reused": len(partial.reused_tiles),
+                                                         "blocks_reused": inst.n_reused}}
         (tmp / names.run_json).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
         files = pictures.get("files", [])
         final = _publish(tmp, output_dir, names, files, stale_outputs(previous, names, output_dir, files))
@@ -281,6 +303,17 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         geojson=final[names.geojson], zarr=final[names.zarr], run_json=final[names.run_json], n_nuclei=n,
         n_oversized=inst.n_oversized, timings=clock.wall(), pictures=[final[f] for f in files],
     )
+
+
+def _resume_key(fingerprint: str, model: Model, opts: SegmentOptions, tile: int, mpp: float) -> str:
+    """What the maps and nuclei of a run depend on: a run with another key never reuses this one's work."""
+    affecting = {k: v for k, v in asdict(opts).items()
+                 if k not in ("progress", "preview", "overlays", "num_workers", "compress", "device")}
+    return run_key({
+        "version": __version__, "slide": fingerprint, "model": model.sha256, "tile": tile, "mpp": mpp,
+        "device": resolve_device(opts.device).type, "options": affecting,
+        "roi": file_digest(opts.roi), "tissue": file_digest(opts.tissue),
+    })
 
 
 def _publish(tmp: Path, output_dir: Path, names: OutputNames, pictures: list[str], stale: list[Path]) -> dict[str, Path]:

@@ -167,6 +167,9 @@ class OmeZarrWriter:
     translation_um : tuple of float, optional
         ``(y, x)`` in µm where the centre of level-0 pixel (0, 0) lies in the slide's NGFF frame
         (from :func:`grid_translation_um`); ``(0, 0)`` when level 0 is the slide's own level-0 grid.
+    resume : bool, optional
+        When ``path`` holds a store of the same layout (an interrupted run's), keep its level-0 image (the
+        tiles already predicted) and recreate the labels and pyramid; :class:`OutputError` if the layout differs.
 
     Attributes
     ----------
@@ -203,6 +206,7 @@ class OmeZarrWriter:
         labels: Sequence[str] = ("nuclei",),
         name: str = "",
         translation_um: tuple[float, float] = (0.0, 0.0),
+        resume: bool = False,
     ) -> None:
         self.path = Path(path)
         self.shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
@@ -226,21 +230,24 @@ class OmeZarrWriter:
         bad = [n for n in label_names if not n or "/" in n or n.startswith(".") or label_names.count(n) > 1]
         if bad:
             raise ConfigError(f"label names must be unique, non-empty, without '/' or a leading '.', got {bad}")
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        exists = self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir()))
+        if exists and not resume:
             raise OutputError(f"cannot create OME-Zarr at {self.path}: it already exists; remove it or choose another")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.root = zarr.create_group(store=str(self.path), zarr_format=3)
-            c = len(self.channels)
-            self.image = self.root.create_array(
-                "0",
-                shape=(c, *self.shape_yx),
-                dtype="uint8",
-                chunks=(1, self.chunk, self.chunk),
-                dimension_names=["c", "y", "x"],
-                compressors=[_compressor()],
-                fill_value=0,
-            )
+            if exists:
+                self._reopen()
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.root = zarr.create_group(store=str(self.path), zarr_format=3)
+                self.image = self.root.create_array(
+                    "0",
+                    shape=(len(self.channels), *self.shape_yx),
+                    dtype="uint8",
+                    chunks=(1, self.chunk, self.chunk),
+                    dimension_names=["c", "y", "x"],
+                    compressors=[_compressor()],
+                    fill_value=0,
+                )
             labels_group = self.root.create_group("labels")
             self.labels: dict[str, zarr.Array] = {}
             for label in label_names:
@@ -257,7 +264,20 @@ class OmeZarrWriter:
             self._write_metadata(1)
         except OSError as exc:
             raise OutputError(f"cannot create OME-Zarr at {self.path}: {exc}; choose a writable folder") from exc
-        log.debug("created OME-Zarr %s: %s x %s, channels %s", self.path, c, self.shape_yx, self.channels)
+        log.debug("opened OME-Zarr %s: %s x %s, channels %s", self.path, len(self.channels), self.shape_yx,
+                  self.channels)
+
+    def _reopen(self) -> None:
+        """Keep level 0 of the image of a store this writer made with the same layout; drop all else."""
+        self.root = zarr.open_group(store=str(self.path), mode="r+", zarr_format=3)
+        image = self.root.get("0")
+        layout = ((len(self.channels), *self.shape_yx), np.dtype("uint8"), (1, self.chunk, self.chunk))
+        if not isinstance(image, zarr.Array) or (image.shape, image.dtype, image.chunks) != layout:
+            raise OutputError(f"cannot resume the OME-Zarr at {self.path}: its level 0 is not the image this run "
+                              "writes; delete it and run again")
+        self.image = image
+        for name in [n for n in self.root.keys() if n != "0"]:
+            del self.root[name]  # pyramid levels and labels: always rewritten
 
     def _write_metadata(self, n_levels: int) -> None:
         omero = {
