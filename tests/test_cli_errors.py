@@ -214,6 +214,16 @@ def test_bad_sizes_name_the_flag(capsys, slides, out_dir, flag, value):
     assert not out_dir.exists()
 
 
+@pytest.mark.parametrize("value", ["wavy", "Smooth", ""])
+def test_bad_outlines_value_exit_2(capsys, slides, out_dir, value):
+    """A typed ConfigError (exit 2, one line naming the flag and the modes), raised before any work."""
+    code, out, err = run(capsys, "segment", slides["good"], "-o", out_dir, f"--outlines={value}")
+    check_failure(code, err, 2, "--outlines")
+    assert "pixel, smooth" in err
+    assert out == ""
+    assert not out_dir.exists()
+
+
 def test_non_integer_tile_size_is_usage_error(capsys, slides, out_dir):
     code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir, "--tile-size", "big")
     check_failure(code, err, 2, "--tile-size")

@@ -36,8 +36,10 @@ def mosaic(shared_data: Path, tmp_path_factory) -> Path:
     return write_pyramid_tiff(path, rgb, 0.25, levels=3, tile=256, compression="jpeg")
 
 
-def _run(slide: Path, out: Path, tile: int, block: int) -> dict:
-    res = segment(slide, out, BASELINE_MODEL, options=SegmentOptions(tile_size=tile, block_size=block, batch_size=4, progress=False))
+def _run(slide: Path, out: Path, tile: int, block: int, outlines: str = "pixel") -> dict:
+    # pixel outlines asked for explicitly: the raster oracles below need outlines on pixel edges
+    res = segment(slide, out, BASELINE_MODEL, options=SegmentOptions(tile_size=tile, block_size=block, batch_size=4,
+                                                                    progress=False, outlines=outlines))
     labels = zarr.open_array(res.zarr / "labels" / "nuclei" / "0")[:]
     return {"res": res, "bytes": res.geojson.read_bytes(), "labels": labels}
 
@@ -47,7 +49,27 @@ def runs(mosaic: Path, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("runs")
     # working image is 1000 x 1000 (level 1 of the mosaic, 0.5 µm/px); seams fall at 256/384 and 320/640
     layouts = {"whole": (1024, 1024), "t256_b320": (256, 320), "t384_b640": (384, 640)}
-    return {name: _run(mosaic, base / name, t, b) for name, (t, b) in layouts.items()}
+    runs = {name: _run(mosaic, base / name, t, b) for name, (t, b) in layouts.items()}
+    for name, (t, b) in {"smooth_whole": (1024, 1024), "smooth_t256_b320": (256, 320)}.items():
+        runs[name] = _run(mosaic, base / name, t, b, "smooth")
+    return runs
+
+
+def test_smooth_outlines_tiled_equal_whole(runs):
+    """Each smooth outline depends only on its nucleus's pixels: tiled == whole, byte for byte."""
+    whole, tiled = runs["smooth_whole"], runs["smooth_t256_b320"]
+    assert tiled["bytes"] == whole["bytes"]
+    np.testing.assert_array_equal(tiled["labels"], runs["whole"]["labels"])  # the label map ignores the mode
+    config = json.loads(whole["res"].run_json.read_text())["config"]
+    assert config["outlines"] == "smooth" and config["outline_tolerance_px"] == 0.5
+    assert json.loads(runs["whole"]["res"].run_json.read_text())["config"]["outlines"] == "pixel"
+    smooth, pixel = read_features(whole["res"].geojson), read_features(runs["whole"]["res"].geojson)
+    assert [f["id"] for f in smooth] == [f["id"] for f in pixel]
+    sp = [shape(f["geometry"]) for f in smooth]
+    assert all(p.is_valid and p.geom_type == "Polygon" for p in sp)
+    n_smooth = sum(len(f["geometry"]["coordinates"][0]) for f in smooth)
+    assert n_smooth < 0.5 * sum(len(f["geometry"]["coordinates"][0]) for f in pixel)
+    assert len(whole["bytes"]) < 0.8 * len(runs["whole"]["bytes"])
 
 
 def test_layouts_give_identical_outputs(runs):

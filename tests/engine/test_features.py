@@ -61,3 +61,20 @@ def test_block_formatter_falls_back_and_raises_like_the_general_path():
 def test_stable_uuid_is_uuid5():
     for parts in [("a",), ("slide.svs", 3, 7), ("fp", "sha" * 20, 123456, 9), ("µ", "\x1f")]:
         assert stable_uuid(*parts) == str(uuid.uuid5(PROJECT_NAMESPACE, "\x1f".join(map(str, parts))))
+
+
+@pytest.mark.parametrize(("scale", "offset"), [(2.0, (0.0, 0.0)), (1.9996, (12.5, -0.25)), (1.0, (-3.0, 17.0))])
+def test_block_formatter_equals_the_general_path_on_smooth_outlines(scale, offset):
+    """Smooth outlines (half-pixel vertices, oblique edges): same text, perimeter from the written outline."""
+    from wsi_weakseg.engine.smooth import smooth_ragged
+
+    fmt = DetectionFormat("fp", "sha", scale, offset, 0.5, "Nucleus", (160, 90, 160))
+    block = BlockNuclei.from_nuclei(_nuclei(np.random.default_rng(7)))
+    block.xy, block.ring_starts, block.poly_starts = smooth_ragged(block.xy, block.ring_starts, block.poly_starts)
+    nuclei = [block.nucleus(i) for i in range(len(block))]
+    out = fmt.format_block(block)
+    assert [out.texts(i) for i in range(len(nuclei))] == [fmt.reference(n) for n in nuclei]
+    ring = nuclei[0].rings[0]
+    perimeter = float(np.hypot(*np.diff(ring, axis=0).T).sum()) * 0.5
+    assert f'"Nucleus: Perimeter µm":{round(perimeter, 4)}' in out.texts(0)[1] or abs(
+        float(out.texts(0)[1].split('"Nucleus: Perimeter µm":')[1].split(",")[0]) - perimeter) < 1e-3

@@ -31,6 +31,7 @@ from ..io.polygons import valid_ragged
 from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, oversized
 from .outlines import trace_flat
 from .records import BlockNuclei, Nucleus, iter_nuclei, iter_texts, load_summary, record_path, save_block  # noqa: F401
+from .smooth import DEFAULT_TOLERANCE, smooth_ragged
 
 if TYPE_CHECKING:
     from .features import DetectionFormat
@@ -100,11 +101,14 @@ def label_window(win: np.ndarray, window: Window, params: InstanceParams, anchor
     return labels, markers, oversized(owner, cost, len(markers), params)
 
 
-def owned_nuclei(labels, markers, flags, win, window: Window, reach: int) -> tuple[BlockNuclei, int]:
+def owned_nuclei(labels, markers, flags, win, window: Window, reach: int,
+                 outlines: str = "pixel") -> tuple[BlockNuclei, int]:
     """The nuclei the block owns (anchor in its core, not dropped), as arrays; and how many were repaired.
 
     Every pixel of a nucleus lies within ``reach`` (Chebyshev) of its anchor, so measuring and tracing
-    look only at the core grown by ``reach``, not at the whole window.
+    look only at the core grown by ``reach``, not at the whole window. ``outlines`` is ``"pixel"`` (the
+    traced pixel edges) or ``"smooth"`` (:func:`~wsi_weakseg.engine.smooth.smooth_ragged`, before the
+    validity check, so every written polygon is checked).
     """
     nm = len(markers) + 1
     owned = np.flatnonzero(window.owns(markers)) + 1 if len(markers) else np.zeros(0, np.int64)
@@ -119,8 +123,11 @@ def owned_nuclei(labels, markers, flags, win, window: Window, reach: int) -> tup
         return BlockNuclei.empty(), 0
     fg_sum = np.bincount(crop.ravel(), weights=fg.ravel(), minlength=nm)
     traced, xy, ring_starts, poly_starts = trace_flat(crop, owned)
+    if outlines == "smooth":
+        xy, ring_starts, poly_starts = smooth_ragged(xy, ring_starts, poly_starts, DEFAULT_TOLERANCE)
     # Valid by construction (clean_labels leaves no saddle); checked anyway, because one invalid polygon
-    # makes QuPath reject the whole file. Checked in working pixels, where corners are integers.
+    # makes QuPath reject the whole file. Checked in working pixels, where vertices lie on the pixel-corner
+    # grid (pixel outlines) or the half-pixel grid (smooth outlines: edge midpoints).
     xy, ring_starts, poly_starts, repaired = valid_ragged(xy, ring_starts, poly_starts)
     anchors = markers[owned - 1] + (window.wy0, window.wx0)
     if repaired.any():
@@ -153,6 +160,7 @@ def process_block(
     record_dir: Path,
     anchor_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     formatter: DetectionFormat | None = None,
+    outlines: str = "pixel",
 ) -> BlockResult:
     """Compute one block: label keys of its core into ``keys_out`` and its owned nuclei into a file.
 
@@ -175,6 +183,8 @@ def process_block(
         region of interest) are removed after they competed for pixels, so the others keep their shape.
     formatter : DetectionFormat, optional
         Serialises the owned nuclei here, in the worker (:meth:`~wsi_weakseg.engine.features.DetectionFormat.format_block`).
+    outlines : {"pixel", "smooth"}
+        Outline mode (:func:`owned_nuclei`); each outline depends only on its nucleus's pixels.
     """
     w = Window.of(tuple(maps.shape[1:]), by, bx, block, params.halo)
     win = np.ascontiguousarray(maps[:, w.wy0 : w.wy1, w.wx0 : w.wx1], dtype=np.uint8)
@@ -182,7 +192,7 @@ def process_block(
     marker_keys = np.concatenate([[0], (markers[:, 0] + w.wy0) * w.image_shape[1] + markers[:, 1] + w.wx0 + 1])
     core = labels[w.y0 - w.wy0 : w.y1 - w.wy0, w.x0 - w.wx0 : w.x1 - w.wx0]
     keys_out[w.y0 : w.y1, w.x0 : w.x1] = marker_keys.astype(np.int64)[core]
-    nuclei, n_repaired = owned_nuclei(labels, markers, flags, win, w, params.reach)
+    nuclei, n_repaired = owned_nuclei(labels, markers, flags, win, w, params.reach, outlines)
     if formatter is not None:
         nuclei = formatter.format_block(nuclei)
     save_block(record_dir, (by, bx), nuclei, n_repaired)
@@ -217,6 +227,7 @@ def run_blocks(
     on_done: Callable[[], None] | None = None,
     anchor_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     formatter: DetectionFormat | None = None,
+    outlines: str = "pixel",
 ) -> list[BlockResult]:
     """Process every block as an independent dask task.
 
@@ -231,7 +242,8 @@ def run_blocks(
     blocks = block_grid(maps.shape[1:], block) if blocks is None else blocks
     record_dir.mkdir(parents=True, exist_ok=True)
     tasks = [
-        dask.delayed(process_block)(maps, keys_out, by, bx, block, params, record_dir, anchor_filter, formatter)
+        dask.delayed(process_block)(maps, keys_out, by, bx, block, params, record_dir, anchor_filter, formatter,
+                                     outlines)
         for by, bx in blocks
     ]
 

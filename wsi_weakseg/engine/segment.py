@@ -35,6 +35,7 @@ from .progress import progress_bar
 from .provenance import StageClock, model_record, slide_fingerprint, slide_record, versions, working_record
 from .regions import TissueSelection, check_tissue_option, load_roi, select_tissue
 from .resume import Partial, file_digest, resumable, run_key
+from .smooth import DEFAULT_TOLERANCE, OUTLINE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class SegmentOptions:
     progress: bool = True
     preview: bool = True
     overlays: int = 0
+    outlines: str = OUTLINE_MODES[0]  # "pixel" or "smooth" (docs/design.md, "Outline modes")
 
     def validate(self, card_tile: int) -> int:
         """Check the options; return the tile size to use (the card's unless given)."""
@@ -69,6 +71,8 @@ class SegmentOptions:
             raise ConfigError(f"--num-workers must be >= 1, got {self.num_workers}")
         if not isinstance(self.overlays, int) or not 0 <= self.overlays <= MAX_OVERLAYS:
             raise ConfigError(f"--overlays must be an integer from 0 to {MAX_OVERLAYS}, got {self.overlays}")
+        if self.outlines not in OUTLINE_MODES:
+            raise ConfigError(f"--outlines must be one of {', '.join(OUTLINE_MODES)}, got {self.outlines!r}")
         check_tissue_option(self.tissue)
         return tile
 
@@ -161,7 +165,7 @@ def extract_instances(maps, labels_out, work: Path, params: InstanceParams, opts
         bar.update(len(reused))
         results = reused + run_blocks(
             maps, keys, opts.block_size, params, work / "blocks", todo, opts.num_workers,
-            on_done=lambda: bar.update(1), anchor_filter=anchor_filter, formatter=formatter,
+            on_done=lambda: bar.update(1), anchor_filter=anchor_filter, formatter=formatter, outlines=opts.outlines,
         )
     sorted_keys = np.sort(np.concatenate([r.keys for r in results]))
     write_label_ids(keys, labels_out, sorted_keys, opts.num_workers)
@@ -342,7 +346,8 @@ def _run_record(slide, slide_path: Path, fingerprint: str, model: Model, view, o
         "model": model_record(model),
         "working": working_record(view),
         "config": {**asdict(opts), "tile_size": plan.tile, "context_px": model.card.context_px,
-                   "halo_px": params.halo, "instance_params": asdict(params)},
+                   "halo_px": params.halo, "instance_params": asdict(params),
+                   "outline_tolerance_px": DEFAULT_TOLERANCE if opts.outlines == "smooth" else None},
         "device": device,
         "versions": versions(),
         "tiles": {"total": plan.total, "processed": len(plan.tiles), "selection_margin_px": plan.margin},
