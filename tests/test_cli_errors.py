@@ -522,7 +522,7 @@ def _boom(exc: BaseException):
 def test_processing_failure_exit_1_and_cleanup(capsys, monkeypatch, slides, out_dir, existing_out, exc, fragment):
     import wsi_weakseg.engine.segment as seg
 
-    monkeypatch.setattr(seg, "run_blocks", _boom(exc))
+    monkeypatch.setattr(seg, "write_geojson", _boom(exc))
     for target in (out_dir, existing_out):
         before = snapshot(target)
         code, out, err = run(capsys, "segment", slides["good"], "-o", target, "--num-workers", "1")
@@ -535,7 +535,7 @@ def test_processing_failure_exit_1_and_cleanup(capsys, monkeypatch, slides, out_
 def test_unexpected_error_traceback_only_with_verbose(capsys, monkeypatch, slides, out_dir):
     import wsi_weakseg.engine.segment as seg
 
-    monkeypatch.setattr(seg, "run_blocks", _boom(RuntimeError("kaboom")))
+    monkeypatch.setattr(seg, "write_geojson", _boom(RuntimeError("kaboom")))
     code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir)
     line = check_failure(code, err, 1, "kaboom")
     assert "-v" in line  # says how to get more detail
@@ -583,14 +583,14 @@ def test_failure_while_publishing_restores_previous_outputs(capsys, monkeypatch,
 def test_keyboard_interrupt_publishes_nothing_and_keeps_finished_tiles(capsys, caplog, monkeypatch, slides, out_dir):
     import wsi_weakseg.engine.segment as seg
 
-    real = seg.run_blocks
-    monkeypatch.setattr(seg, "run_blocks", _boom(KeyboardInterrupt()))
+    real = seg.write_geojson
+    monkeypatch.setattr(seg, "write_geojson", _boom(KeyboardInterrupt()))
     code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir)
     assert code == 130
     assert "Traceback" not in err and "rerun the same command" in caplog.text
     assert published(snapshot(out_dir)) is None
     n_tiles = len(kept_partial(out_dir, "good").joinpath("tiles.log").read_text().splitlines())
-    monkeypatch.setattr(seg, "run_blocks", real)
+    monkeypatch.setattr(seg, "write_geojson", real)
     code, _, err = run(capsys, "segment", slides["good"], "-o", out_dir)
     assert code == 0, err
     run_json = json.loads((out_dir / "good.run.json").read_text())

@@ -10,6 +10,7 @@ from shapely.geometry import Polygon
 from skimage.draw import disk
 
 from wsi_weakseg.engine import merge
+from wsi_weakseg.engine.schedule import InstanceStage
 from wsi_weakseg.engine.instances import (
     InstanceParams,
     assign_pixels,
@@ -120,15 +121,20 @@ def test_clean_labels_fills_holes_and_drops_fragments_and_small():
     assert (out == 1).sum() == 49
 
 
+def _run_blocks(maps, block, params, work, num_workers=1):
+    """Every block of complete maps through the instance stage: (label keys, block results)."""
+    with InstanceStage(maps, work, params, block, num_workers) as stage:
+        results = stage.wait()
+        return stage.keys[:], results
+
+
 @pytest.mark.parametrize("block", [32, 64, 96])
 def test_blocks_equal_whole_on_synthetic_maps(tmp_path, block):
     maps = _blobs()
-    whole_keys = np.zeros(maps.shape[1:], np.int64)
-    merge.run_blocks(maps, whole_keys, 256, PARAMS, tmp_path / "whole")
-    whole = list(merge.iter_nuclei(tmp_path / "whole", merge.block_grid(maps.shape[1:], 256)))
-    keys = np.zeros_like(whole_keys)
-    merge.run_blocks(maps, keys, block, PARAMS, tmp_path / "b", num_workers=2)
-    nuclei = list(merge.iter_nuclei(tmp_path / "b", merge.block_grid(maps.shape[1:], block)))
+    whole_keys, _ = _run_blocks(maps, 256, PARAMS, tmp_path / "whole")
+    whole = list(merge.iter_nuclei(tmp_path / "whole" / "blocks", merge.block_grid(maps.shape[1:], 256)))
+    keys, _ = _run_blocks(maps, block, PARAMS, tmp_path / "b", num_workers=2)
+    nuclei = list(merge.iter_nuclei(tmp_path / "b" / "blocks", merge.block_grid(maps.shape[1:], block)))
     assert len(whole) >= 20
     np.testing.assert_array_equal(keys, whole_keys)
     assert [n.key for n in nuclei] == [n.key for n in whole]
@@ -235,10 +241,9 @@ NOISY = InstanceParams(foreground=128, centre=60, peak_radius=1, max_cost=10.0, 
 def test_blocks_equal_whole_on_ragged_maps(tmp_path, block):
     maps = _noisy(1)
     whole = label_image(maps, NOISY)
-    keys = np.zeros(maps.shape[1:], np.int64)
     blocks = merge.block_grid(maps.shape[1:], block)
-    results = merge.run_blocks(maps, keys, block, NOISY, tmp_path / "b")
-    nuclei = list(merge.iter_nuclei(tmp_path / "b", blocks))
+    keys, results = _run_blocks(maps, block, NOISY, tmp_path / "b")
+    nuclei = list(merge.iter_nuclei(tmp_path / "b" / "blocks", blocks))
     ids = merge.keys_to_ids(keys, np.array([n.key for n in nuclei]))
     assert whole.max() >= 100 and sum(r.n_repaired for r in results) == 0
     np.testing.assert_array_equal(ids, whole)

@@ -105,10 +105,11 @@ def test_sigkill_mid_inference_and_mid_merge_resumes_to_identical_outputs(slide:
     assert 2 <= kept < n_tiles
     assert _published(out) == []
 
-    # 2. resumed, then killed mid-merge: every tile done, some blocks recorded
+    # 2. resumed, then killed mid-merge (blocks run while tiles are still inferred): some blocks recorded
     proc = _start(driver, slide, out, SLOW_BLOCK=0.3)
     _kill_when(proc, lambda: len(list((partial / "blocks").glob("*.npz"))) >= 3)
-    assert _lines(partial / "tiles.log") == n_tiles  # the killed run's tiles were not predicted again
+    log = (partial / "tiles.log").read_text().splitlines()
+    assert len(log) == len(set(log)) >= kept  # no tile of the killed run was predicted again
     n_blocks = len(list((partial / "blocks").glob("*.npz")))
     assert _published(out) == []
 
@@ -117,7 +118,7 @@ def test_sigkill_mid_inference_and_mid_merge_resumes_to_identical_outputs(slide:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     resumed = json.loads((out / "s.run.json").read_text())["resumed"]
-    assert resumed["tiles_reused"] == n_tiles and resumed["blocks_reused"] >= n_blocks >= 3
+    assert resumed["tiles_reused"] == len(log) and resumed["blocks_reused"] >= n_blocks >= 3
     assert _tree(out) == _tree(ref)
     assert not partial.exists()
 

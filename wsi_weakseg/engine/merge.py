@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,9 +28,23 @@ import numpy as np
 
 from ..errors import ProcessingError
 from ..io.polygons import valid_ragged
-from .instances import InstanceParams, assign_pixels, clean_labels, find_markers, oversized
+from .instances import (
+    InstanceParams,
+    assign_pixels,
+    clean_labels,
+    find_markers,
+    oversized,
+)
 from .outlines import trace_flat
-from .records import BlockNuclei, Nucleus, iter_nuclei, iter_texts, load_summary, record_path, save_block  # noqa: F401
+from .records import (  # noqa: F401
+    BlockNuclei,
+    Nucleus,
+    iter_nuclei,
+    iter_texts,
+    load_summary,
+    record_path,
+    save_block,
+)
 from .smooth import DEFAULT_TOLERANCE, smooth_ragged
 
 if TYPE_CHECKING:
@@ -214,47 +228,6 @@ def block_grid(shape: tuple[int, int], block: int) -> list[tuple[int, int]]:
     """Block (row, col) indices covering an image of ``shape``."""
     ny, nx = -(-shape[0] // block), -(-shape[1] // block)
     return [(by, bx) for by in range(ny) for bx in range(nx)]
-
-
-def run_blocks(
-    maps,
-    keys_out,
-    block: int,
-    params: InstanceParams,
-    record_dir: Path,
-    blocks: list[tuple[int, int]] | None = None,
-    num_workers: int = 1,
-    on_done: Callable[[], None] | None = None,
-    anchor_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-    formatter: DetectionFormat | None = None,
-    outlines: str = "pixel",
-) -> list[BlockResult]:
-    """Process every block as an independent dask task.
-
-    Tasks run on dask's threaded scheduler. Each block writes only its own zarr chunk and record file, so
-    any scheduler is safe; but skimage's Dijkstra holds the GIL, so threads overlap only I/O and numpy.
-    A process pool was measured slower on 2 cores (spawn + imports ~2 s per worker) and breaks scripts
-    without an ``if __name__ == "__main__"`` guard, so slide-level parallelism belongs to the cohort runner.
-    """
-    import dask
-    from dask.callbacks import Callback
-
-    blocks = block_grid(maps.shape[1:], block) if blocks is None else blocks
-    record_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [
-        dask.delayed(process_block)(maps, keys_out, by, bx, block, params, record_dir, anchor_filter, formatter,
-                                     outlines)
-        for by, bx in blocks
-    ]
-
-    class _Tick(Callback):
-        def _posttask(self, key, result, dsk, state, worker_id):  # noqa: D401 - dask hook
-            if on_done is not None and isinstance(result, BlockResult):
-                on_done()
-
-    with _Tick():
-        results = dask.compute(*tasks, scheduler="threads", num_workers=max(1, num_workers))
-    return list(results)
 
 
 def keys_to_ids(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:

@@ -14,27 +14,47 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import __version__
-from ..errors import ConfigError, NoTissueError, OutputError, ProcessingError, WsiWeaksegError
+from ..errors import (
+    ConfigError,
+    NoTissueError,
+    OutputError,
+    ProcessingError,
+    WsiWeaksegError,
+)
 from ..model.card import DEFAULT_MODEL, Model, load_model
 from .features import DetectionFormat
 from .inference import STRIDE, Predictor, predict_tiles, resolve_device
 from .instances import InstanceParams, params_from_card
 from .lock import segment_lock
-from .merge import block_grid, finished_blocks, iter_texts, run_blocks, write_label_ids
-from .outputs import OutputNames, check_collision, output_names, previous_run, publish_all, stale_outputs
+from .merge import iter_texts
+from .outputs import (
+    OutputNames,
+    check_collision,
+    output_names,
+    previous_run,
+    publish_all,
+    stale_outputs,
+)
 from .pictures import MAX_OVERLAYS, write_pictures
 from .plan import Frame, TilePlan, plan_tiles, selection_margin
 from .progress import progress_bar
-from .provenance import StageClock, model_record, slide_fingerprint, slide_record, versions, working_record
+from .provenance import (
+    StageClock,
+    model_record,
+    slide_fingerprint,
+    slide_record,
+    versions,
+    working_record,
+)
 from .regions import TissueSelection, check_tissue_option, load_roi, select_tissue
 from .resume import Partial, file_digest, resumable, run_key
+from .schedule import Instances, InstanceStage
 from .smooth import DEFAULT_TOLERANCE, OUTLINE_MODES
 
 log = logging.getLogger(__name__)
@@ -90,40 +110,17 @@ class SegmentResult:
     pictures: list[Path] = field(default_factory=list)  # preview and overlays, as published
 
 
-@dataclass(frozen=True)
-class Instances:
-    """What :func:`extract_instances` leaves in the staging folder.
-
-    Attributes
-    ----------
-    blocks : list of (int, int)
-        Block indices; ``record_dir / f"{by}_{bx}.pkl"`` holds each block's owned nuclei.
-    record_dir : Path
-    sorted_keys : numpy.ndarray
-        Anchor keys of all nuclei, sorted (the rank + 1 of a key is the nucleus id).
-    n_oversized : int
-        Nuclei cut at the card's size limit.
-    n_repaired : int
-        Nuclei whose traced outline was invalid and was repaired before writing.
-    """
-
-    blocks: list[tuple[int, int]]
-    record_dir: Path
-    sorted_keys: np.ndarray
-    n_oversized: int
-    n_repaired: int = 0
-    n_reused: int = 0  # blocks finished by an interrupted earlier run
-
-
 def instance_params(model: Model, mpp: float) -> InstanceParams:
     """The card's thresholds in working pixels at the working pixel size ``mpp``."""
     return params_from_card(model.card, mpp)
 
 
-def infer_maps(model: Model, view, plan: TilePlan, out, opts: SegmentOptions, partial: Partial | None = None) -> str:
+def infer_maps(model: Model, view, plan: TilePlan, out, opts: SegmentOptions, partial: Partial | None = None,
+               on_tiles: Callable[[list[tuple[int, int]]], None] | None = None) -> str:
     """Predict the planned tiles of ``view`` into ``out`` (K, H, W); return the device used.
 
-    With ``partial``, tiles it holds are skipped and each finished batch is recorded there.
+    Tiles ``partial`` holds are skipped and each finished batch is recorded there; ``on_tiles(origins)``
+    is told of every batch written (the instance stage starts the blocks waiting for them).
     """
     predictor = Predictor(model.net, model.card, opts.device)
     done = partial.reused_tiles if partial is not None else set()
@@ -133,6 +130,8 @@ def infer_maps(model: Model, view, plan: TilePlan, out, opts: SegmentOptions, pa
         if partial is not None:
             partial.record_tiles(origins)
         bar.update(len(origins))
+        if on_tiles is not None:
+            on_tiles(origins)
 
     with progress_bar(len(plan.tiles), "infer tiles", opts.progress) as bar:
         bar.update(len(plan.tiles) - len(todo))
@@ -143,34 +142,27 @@ def infer_maps(model: Model, view, plan: TilePlan, out, opts: SegmentOptions, pa
     return str(predictor.device)
 
 
+def instance_stage(maps, work: Path, params: InstanceParams, opts: SegmentOptions, bar, anchor_filter=None,
+                   formatter=None, waiting=(), tile: int = 0) -> InstanceStage:
+    """The blockwise instance stage of a run (:mod:`.schedule`), blocks waiting for the tiles in ``waiting``."""
+    return InstanceStage(maps, work, params, opts.block_size, opts.num_workers, waiting, tile,
+                         on_done=lambda: bar.update(1), anchor_filter=anchor_filter, formatter=formatter,
+                         outlines=opts.outlines)
+
+
 def extract_instances(maps, labels_out, work: Path, params: InstanceParams, opts: SegmentOptions,
                       anchor_filter=None, formatter=None) -> Instances:
-    """Nuclei of the maps (K, H, W), blockwise and exactly once; consecutive ids written to ``labels_out``.
+    """Nuclei of complete maps (K, H, W), blockwise and exactly once; consecutive ids written to ``labels_out``.
 
     ``work`` receives the label-key array and the per-block nucleus records; blocks whose record an
-    interrupted run left there are reused (:mod:`.resume`).
+    interrupted run left there are reused (:mod:`.resume`). :func:`segment` runs the same stage overlapped
+    with inference.
     """
-    import zarr
-
-    shape = tuple(maps.shape[1:])
-    if (work / "keys.zarr").exists():
-        keys = zarr.open_array(work / "keys.zarr", mode="r+")
-    else:
-        keys = zarr.create_array(work / "keys.zarr", shape=shape, chunks=(opts.block_size, opts.block_size),
-                                 dtype="int64", fill_value=0)
-    blocks = block_grid(shape, opts.block_size)
-    reused = finished_blocks(work / "blocks", blocks)
-    todo = sorted(set(blocks) - {r.index for r in reused})
-    with progress_bar(len(blocks), "instances", opts.progress) as bar:
-        bar.update(len(reused))
-        results = reused + run_blocks(
-            maps, keys, opts.block_size, params, work / "blocks", todo, opts.num_workers,
-            on_done=lambda: bar.update(1), anchor_filter=anchor_filter, formatter=formatter, outlines=opts.outlines,
-        )
-    sorted_keys = np.sort(np.concatenate([r.keys for r in results]))
-    write_label_ids(keys, labels_out, sorted_keys, opts.num_workers)
-    return Instances(blocks, work / "blocks", sorted_keys, int(sum(r.n_oversized for r in results)),
-                     int(sum(r.n_repaired for r in results)), len(reused))
+    with progress_bar(0, "instances", opts.progress) as bar, \
+            instance_stage(maps, work, params, opts, bar, anchor_filter, formatter) as stage:
+        bar.total = len(stage.blocks)
+        bar.update(len(stage.reused))
+        return stage.finish(labels_out)
 
 
 def write_geojson(path: Path, instances: Instances, compress: bool) -> int:
@@ -274,15 +266,20 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         store = OmeZarrWriter(tmp / names.zarr, (H, W), view.mpp, card.heads, chunk=tile,
                               label_chunk=opts.block_size, name=names.stem,
                               translation_um=grid_translation_um((fy, fx), frame.scale, slide.mpp), resume=True)
-        device = infer_maps(model, view, plan, store.image, opts, partial)
-        clock.lap("inference")
         cls = card.classes[0]
         formatter = DetectionFormat(
             fingerprint=fingerprint, model_sha=model.sha256, scale=frame.scale, offset=frame.offset, mpp=view.mpp,
             class_name=cls["name"], color=tuple(cls["color"]),
         )
         anchor_filter = None if roi is None else functools.partial(frame.anchors_in, roi)
-        inst = extract_instances(store.image, store.labels["nuclei"], tmp, params, opts, anchor_filter, formatter)
+        waiting = [t for t in plan.tiles if t not in partial.reused_tiles]
+        with progress_bar(0, "instances", opts.progress) as bar, instance_stage(
+                store.image, tmp, params, opts, bar, anchor_filter, formatter, waiting, plan.tile) as stage:
+            bar.total = len(stage.blocks)
+            bar.update(len(stage.reused))
+            device = infer_maps(model, view, plan, store.image, opts, partial, stage.tiles_done)
+            clock.lap("inference")  # blocks whose tiles were done ran meanwhile
+            inst = stage.finish(store.labels["nuclei"])
         clock.lap("instances")
         n = write_geojson(tmp / names.geojson, inst, opts.compress)
         clock.lap("geojson")
