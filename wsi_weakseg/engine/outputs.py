@@ -1,7 +1,7 @@
 """Where ``segment`` writes: output names, staging folder, collision check and all-or-nothing publishing.
 
-Everything is built in ``<out>/.wsi-weakseg-tmp-<uuid>`` and renamed into place at the end; a failure
-removes the staging folder (and the output folders the run created) and puts back what it replaced.
+Everything is built in the run's working folder (:mod:`.resume`) and renamed into place at the end; a failure
+while publishing puts back what it replaced.
 Outputs are named by the slide's name up to its first dot, so ``a.svs`` and ``a.ndpi`` would share
 names: that is refused (:func:`check_collision`). A GeoJSON of the other format (``.geojson`` vs
 ``.geojson.gz``) left by an earlier run of the same slide is stale and is removed when the new one is
@@ -14,9 +14,7 @@ import json
 import logging
 import os
 import shutil
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,26 +117,6 @@ def stale_outputs(previous: dict[str, Any] | None, names: OutputNames, output_di
         if is_picture_name(names.stem, name) and name not in pictures:
             stale.append(output_dir / name)
     return stale
-
-
-@contextmanager
-def staging(output_dir: Path) -> Iterator[Path]:
-    """A hidden temporary folder in ``output_dir``, removed on failure (with the folders this run created)."""
-    created = missing_folders(output_dir)  # removed again on failure
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = output_dir / f".wsi-weakseg-tmp-{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()
-    except OSError as exc:
-        remove_empty(created)
-        raise OutputError(f"cannot write to output directory {output_dir}: {exc.strerror or exc}; choose another -o") from None
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        remove_empty(created)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def missing_folders(folder: Path) -> list[Path]:
