@@ -1,4 +1,4 @@
-"""Command-line interface: ``wsi-weakseg segment|info|demo|models|train|evaluate|labels|cohort``.
+"""Command-line interface: ``wsi-weakseg segment|info|demo|models|train|evaluate|labels|cohort|serve``.
 
 Thin: parse flags, call the library, map errors to exit codes (0 ok, 1 processing failure,
 2 bad input or usage) with a one-line message and no traceback for user errors.
@@ -21,7 +21,8 @@ log = logging.getLogger("wsi_weakseg")
 
 #: Commands living in their own modules: each defines ``add_parser(subparsers)`` (importing only the standard
 #: library at module level, so ``--help`` stays fast) and ``run(args) -> int``.
-COMMAND_MODULES = {"train": "cli_train", "evaluate": "cli_evaluate", "labels": "cli_labels", "cohort": "cli_cohort"}
+COMMAND_MODULES = {"train": "cli_train", "evaluate": "cli_evaluate", "labels": "cli_labels", "cohort": "cli_cohort",
+                   "serve": "cli_serve"}
 
 
 def _positive_float(text: str) -> float:

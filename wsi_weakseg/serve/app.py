@@ -1,0 +1,233 @@
+"""The HTTP API of ``wsi-weakseg serve`` (FastAPI): health, models, slides and segment jobs.
+
+Every route but ``GET /health`` needs ``Authorization: Bearer <token>`` (401). Request bodies are JSON of at
+most ``max_body`` bytes (413, checked on ``Content-Length`` and again while streaming, so a chunked body
+cannot pass it). Every error is a JSON body ``{"error": <type>, "message": <what to do>}``; typed errors of
+:mod:`wsi_weakseg.errors` keep their message and map to a status (:data:`STATUS`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import ModelCardError, SlideNotFoundError, UserInputError, WsiWeaksegError
+from .auth import token_matches
+from .jobs import FINISHED, RESULT_DIR, Job, JobNotFoundError, JobRunner, JobStore, QueueFullError, new_id
+from .paths import PathOutsideRootsError, Roots
+from .roi import write_roi
+
+log = logging.getLogger(__name__)
+
+#: HTTP status of each typed error (most specific first); other UserInputErrors are 400, the rest 500.
+STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (PathOutsideRootsError, 403), (SlideNotFoundError, 404), (JobNotFoundError, 404), (QueueFullError, 429),
+    (UserInputError, 400),
+)
+
+
+class ApiError(WsiWeaksegError):
+    """An error with its own HTTP status (body too large, malformed JSON, job not finished ...)."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+@dataclass
+class ServeConfig:
+    """What the app serves: roots, token, state, job runner, limits."""
+
+    roots: Roots
+    token: str
+    store: JobStore
+    runner: JobRunner
+    models: Any  # ModelRegistry
+    max_body: int = 4 * 2**20
+    scheduler: str = "LocalCluster"
+    _info_cache: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": kind, "message": message}, status_code=status, headers=headers)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object; 413 beyond ``limit`` bytes, 400 when it is not a JSON object."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "BodyTooLarge", f"request bodies are at most {limit} bytes; send a smaller ROI "
+                       "(simplify the annotation) or start the server with a larger --max-body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "BodyTooLarge", f"request bodies are at most {limit} bytes; send a smaller ROI")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "MalformedJSON", f"the request body is not valid JSON ({exc}); send a JSON object "
+                       "with Content-Type: application/json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "MalformedJSON", "the request body must be a JSON object, e.g. {\"slide\": ..., \"roi\": ...}")
+    return body
+
+
+def create_app(cfg: ServeConfig) -> FastAPI:
+    """The FastAPI application serving ``cfg``."""
+    app = FastAPI(title="wsi-weakseg", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(WsiWeaksegError)
+    async def _typed(request: Request, exc: WsiWeaksegError) -> JSONResponse:
+        if isinstance(exc, ApiError):
+            return _error(exc.status, exc.kind, str(exc))
+        status = next((s for t, s in STATUS if isinstance(exc, t)), 500)
+        headers = {"Retry-After": "5"} if status == 429 else None
+        return _error(status, type(exc).__name__, str(exc), headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        hint = {404: "no such endpoint; see GET /health and the README's serve section",
+                405: "this endpoint does not take that method"}.get(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, "HTTPError", f"{exc.detail}: {hint}")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, "BadRequest", f"invalid request: {exc.errors()}")
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, type(exc).__name__, f"unexpected {type(exc).__name__}: {exc}; see the server log and report it")
+
+    def auth(request: Request) -> None:
+        if not token_matches(request.headers.get("authorization"), cfg.token):
+            raise ApiError(401, "Unauthorized", "send the server's token as 'Authorization: Bearer <token>' "
+                           "(from --token-file, WSI_WEAKSEG_TOKEN, or printed when the server started)")
+
+    guarded = [Depends(auth)]
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/models", dependencies=guarded)
+    def models() -> dict[str, Any]:
+        return {"models": cfg.models.describe(), "default": cfg.models.default}
+
+    @app.get("/v1/slides", dependencies=guarded)
+    def slides() -> dict[str, Any]:
+        return {"slides": [_slide_entry(cfg, name, path) for name, path in cfg.roots.list()]}
+
+    @app.post("/v1/segment", dependencies=guarded, status_code=202)
+    async def segment(request: Request) -> JSONResponse:
+        body = await read_json(request, cfg.max_body)
+        unknown = sorted(set(body) - {"slide", "roi", "model", "mpp"})
+        if unknown:
+            raise ApiError(400, "BadRequest", f"unknown fields {unknown}; a segment request has slide, roi, model, mpp")
+        path = cfg.roots.resolve(body.get("slide"))
+        model = body.get("model") or cfg.models.default
+        cfg.models.ref(model)  # unknown model: 400 now, not a failed job later
+        mpp = body.get("mpp")
+        if mpp is not None and not (isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and 0 < mpp < 1e3):
+            raise ApiError(400, "BadRequest", f"'mpp' must be a positive number of µm per pixel, got {mpp!r}")
+        if "roi" not in body:
+            raise ApiError(400, "BadRequest", "a segment request needs 'roi': a GeoJSON Polygon or [x, y, w, h]")
+        job = Job(id=new_id(), slide=body["slide"], slide_path=str(path), model=model,
+                  mpp=None if mpp is None else float(mpp))
+        folder = cfg.store.folder(job.id)
+        folder.mkdir(parents=True)
+        try:
+            write_roi(body["roi"], folder / "roi.geojson")
+            cfg.runner.submit(job)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        log.info("job %s queued: %s (%s)", job.id, job.slide, model)
+        return JSONResponse({"job": job.id, "state": job.state}, status_code=202,
+                            headers={"Location": f"/v1/jobs/{job.id}"})
+
+    @app.get("/v1/jobs", dependencies=guarded)
+    def jobs() -> dict[str, Any]:
+        return {"jobs": [j.public() for j in sorted(cfg.store.all(), key=lambda j: j.created)]}
+
+    @app.get("/v1/jobs/{job_id}", dependencies=guarded)
+    def job_status(job_id: str) -> dict[str, Any]:
+        return cfg.store.get(job_id).public()
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=guarded)
+    def job_cancel(job_id: str) -> dict[str, Any]:
+        return cfg.runner.cancel(job_id).public()
+
+    @app.get("/v1/jobs/{job_id}/result", dependencies=guarded)
+    def job_result(job_id: str) -> FileResponse:
+        job = cfg.store.get(job_id)
+        if job.state != "done":
+            what = (f"the job {job.state}: {job.error['type']}: {job.error['message']}" if job.error
+                    else f"the job is {job.state}")
+            todo = "submit a new job" if job.state in FINISHED else f"poll GET /v1/jobs/{job_id} until its state is done"
+            raise ApiError(409, "JobNotDone", f"{what}; {todo}")
+        path = cfg.store.folder(job_id) / RESULT_DIR / str(job.result)
+        return FileResponse(path, media_type="application/geo+json", filename=path.name)
+
+    return app
+
+
+def _slide_entry(cfg: ServeConfig, name: str, path: Path) -> dict[str, Any]:
+    """``info``'s fields for one slide (cached per file size and mtime), or its error; the server path hidden."""
+    from ..slide import open_slide, slide_info
+
+    try:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in cfg._info_cache:
+            with open_slide(path) as slide:
+                cfg._info_cache[key] = slide_info(slide)
+        info = dict(cfg._info_cache[key])
+    except (WsiWeaksegError, OSError) as exc:
+        return {"slide": name, "error": type(exc).__name__, "message": str(exc)}
+    info.pop("path", None)
+    return {"slide": name, **info}
+
+
+class ModelRegistry:
+    """The models a request may name: the packaged ones (by name); each loaded once for its sha256."""
+
+    def __init__(self, default: str) -> None:
+        from ..model.card import available_models
+
+        self.default = default
+        self.names = list(available_models())
+        self._sha: dict[str, str] = {}
+
+    def ref(self, name: object) -> tuple[str, str]:
+        """``(ref, sha256)`` for a cohort task; :class:`ModelCardError` for a name that is not served."""
+        from ..model.card import load_model
+
+        if not isinstance(name, str) or name not in self.names:
+            raise ModelCardError(f"unknown model {name!r}; GET /v1/models lists the served ones: {', '.join(self.names)}")
+        if name not in self._sha:
+            self._sha[name] = load_model(name).sha256
+        return name, self._sha[name]
+
+    def describe(self) -> list[dict[str, Any]]:
+        from ..model.card import load_model
+
+        out = []
+        for name in self.names:
+            card = load_model(name).card
+            out.append({"name": name, "default": name == self.default, "architecture": card.architecture,
+                        "mpp": card.mpp, "trained": card.trained, "description": card.description,
+                        "license": card.license})
+        return out
