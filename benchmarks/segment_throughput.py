@@ -71,8 +71,18 @@ def cpu_s() -> float:
 
 
 def peak_rss_mib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return kib / 1024.0
+    """Peak resident memory of this process (MiB): ``VmHWM``, the high-water mark of its own address space.
+
+    Not ``ru_maxrss``: Linux carries that across ``exec`` from the parent (the forking benchmark driver, which
+    held the mosaic), so a child would report the driver's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def current_rss_mib() -> float:

@@ -68,6 +68,18 @@ def test_resampled_crop_consistency(pyramid_slide, target):
     _assert_crop_consistent(view, (H - 40, W - 40, 40, 40), [(H - 7, W - 5, 7, 5), (H - 40, W - 33, 20, 30)])
 
 
+@pytest.mark.parametrize("target", [0.75, 1.6, 0.3])
+def test_large_resampled_reads_in_bands_equal_one_read(pyramid_slide, target, monkeypatch):
+    import wsi_weakseg.slide.view as view_module
+
+    view = WorkingView(pyramid_slide, target)
+    H, W = view.shape
+    whole = view.read(0, 0, H, W)  # H <= 512 rows here: one read
+    monkeypatch.setattr(view_module, "_BAND_ROWS", 7)  # bands of 7 rows, the last one shorter
+    np.testing.assert_array_equal(view.read(0, 0, H, W), whole)
+    np.testing.assert_array_equal(view.read(5, 3, H - 9, W - 4), whole[5 : H - 4, 3 : W - 1])
+
+
 def test_resampled_level_choice(pyramid_slide):
     view = WorkingView(pyramid_slide, 0.75)  # scale 1.5 -> level 0
     assert view.level == 0

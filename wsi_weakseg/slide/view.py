@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 ANTIALIAS_ABOVE = 1.5
 #: Gaussian kernel radius in sigmas (scipy's ``truncate``).
 _TRUNCATE = 4.0
+_BAND_ROWS = 512  # output rows per resampled read: bounds its float32 buffers
 _EPS = 1e-9
 
 
@@ -172,7 +173,15 @@ class WorkingView:
             return np.full((height, width, 3), 255, np.uint8)
         if not self.resampled:
             return self._read_level(self._ly0 + y, self._lx0 + x, height, width)
-        return self._read_resampled(int(y), int(x), int(height), int(width))
+        if height <= _BAND_ROWS:
+            return self._read_resampled(int(y), int(x), int(height), int(width))
+        # in bands of rows, so memory stays bounded for large regions (a thumbnail of a whole slide); each band
+        # reads its own filter margin, so the result equals one read (the same rule makes tiled == whole)
+        out = np.empty((height, width, 3), np.uint8)
+        for r in range(0, height, _BAND_ROWS):
+            n = min(_BAND_ROWS, height - r)
+            out[r : r + n] = self._read_resampled(int(y + r), int(x), n, int(width))
+        return out
 
     def _read_level(self, ly: int, lx: int, height: int, width: int) -> np.ndarray:
         """Read pixels of the chosen level by level-pixel coordinates."""
