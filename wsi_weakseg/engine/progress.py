@@ -71,7 +71,7 @@ class ProgressCounter:
         """Report 1.0: the run is complete."""
         self._report(1.0)
 
-    def bar(self, bar: Any) -> "_CountingBar":
+    def bar(self, bar: Any) -> _CountingBar:
         """A bar-like object whose ``update(n)`` updates ``bar`` and counts ``n`` units."""
         return _CountingBar(bar, self)
 
