@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-body", type=int, default=4 * 2**20, help="largest request body in bytes (default 4 MiB)")
     p.add_argument("--model", default=None, help="model used when a request names none (default: the packaged default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--tile-size", type=int, default=None, help="tile core size of every job, a multiple of 32 "
+                   "(default: the model card's)")
+    p.add_argument("--max-train-queued", type=int, default=4, help="train jobs waiting before new ones are refused (default 4)")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
     p.add_argument("--num-workers", type=int, default=2, help="reader / post-processing threads per job (default 2)")
 
@@ -40,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
     import json
     import logging
     import socket
-    import sys
     from pathlib import Path
 
     import uvicorn
@@ -48,25 +50,27 @@ def run(args: argparse.Namespace) -> int:
     from .engine.segment import SegmentOptions
     from .errors import ConfigError
     from .model.card import DEFAULT_MODEL
-    from .serve.app import ModelRegistry, ServeConfig, create_app
+    from .serve.app import ServeConfig, create_app
     from .serve.auth import check_bind, load_token
     from .serve.jobs import JobRunner, JobStore
+    from .serve.models import ModelRegistry
     from .serve.paths import Roots
+    from .serve.training import TrainRunner
 
     log = logging.getLogger("wsi_weakseg.serve")
     check_bind(args.host, args.token_file)
     roots = Roots(args.root)
     token, generated = load_token(args.token_file)
-    if args.max_queued < 1 or args.max_body < 1024:
-        raise ConfigError("--max-queued must be >= 1 and --max-body >= 1024")
+    if args.max_queued < 1 or args.max_train_queued < 1 or args.max_body < 1024:
+        raise ConfigError("--max-queued and --max-train-queued must be >= 1, --max-body >= 1024")
     state = Path(args.state_dir or _default_state_dir())
     try:
         store = JobStore(state)
     except OSError as exc:
         raise ConfigError(f"cannot use --state-dir {state}: {exc.strerror or exc}; choose a writable folder") from None
-    models = ModelRegistry(args.model or DEFAULT_MODEL)
+    models = ModelRegistry(args.model or DEFAULT_MODEL, state.resolve() / "models")
     models.ref(models.default)
-    options = SegmentOptions(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+    options = SegmentOptions(tile_size=args.tile_size, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                              preview=False, progress=False)
     options.validate(32)
     try:
@@ -82,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
         cluster, client, slots, threads, scheduler = _dask(args)
     runner = JobRunner(store, client, options, models.ref, slots=slots, max_queued=args.max_queued,
                        torch_threads=threads)
+    trainer = TrainRunner(store, models, max_queued=args.max_train_queued, private=[*roots.paths, state.resolve()])
     app = create_app(ServeConfig(roots=roots, token=token, store=store, runner=runner, models=models,
-                                 max_body=args.max_body, scheduler=scheduler))
+                                 trainer=trainer, device=args.device, max_body=args.max_body, scheduler=scheduler))
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     line = {"url": f"http://{host}:{port}", "state_dir": str(state), "scheduler": scheduler}
@@ -96,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         runner.close()
+        trainer.close()
         if client is not None:
             client.close()
         if cluster is not None:

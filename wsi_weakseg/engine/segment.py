@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from .outputs import (
 )
 from .pictures import MAX_OVERLAYS, write_pictures
 from .plan import Frame, TilePlan, plan_tiles, selection_margin
-from .progress import progress_bar
+from .progress import ProgressCounter, progress_bar
 from .provenance import (
     StageClock,
     model_record,
@@ -77,6 +77,9 @@ class SegmentOptions:
     preview: bool = True
     overlays: int = 0
     outlines: str = OUTLINE_MODES[0]  # "pixel" or "smooth" (docs/design.md, "Outline modes")
+    #: ``on_progress(fraction)`` as tiles and blocks finish (from worker threads; 1.0 once published). Not a
+    #: result option: it is left out of the resume key and of run.json (:data:`NOT_RECORDED`).
+    on_progress: Callable[[float], None] | None = field(default=None, compare=False, repr=False)
 
     def validate(self, card_tile: int) -> int:
         """Check the options; return the tile size to use (the card's unless given)."""
@@ -95,6 +98,15 @@ class SegmentOptions:
             raise ConfigError(f"--outlines must be one of {', '.join(OUTLINE_MODES)}, got {self.outlines!r}")
         check_tissue_option(self.tissue)
         return tile
+
+
+#: SegmentOptions fields that are not written into run.json (nor the resume key): callables, not settings.
+NOT_RECORDED = ("on_progress",)
+
+
+def options_record(opts: SegmentOptions) -> dict[str, Any]:
+    """The options as plain values (run.json's ``config``), without :data:`NOT_RECORDED` fields."""
+    return {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in NOT_RECORDED}
 
 
 @dataclass
@@ -273,11 +285,18 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         )
         anchor_filter = None if roi is None else functools.partial(frame.anchors_in, roi)
         waiting = [t for t in plan.tiles if t not in partial.reused_tiles]
+        counter = ProgressCounter(opts.on_progress)  # tiles inferred + blocks finished
         with progress_bar(0, "instances", opts.progress) as bar, instance_stage(
-                store.image, tmp, params, opts, bar, anchor_filter, formatter, waiting, plan.tile) as stage:
+                store.image, tmp, params, opts, counter.bar(bar), anchor_filter, formatter, waiting, plan.tile) as stage:
             bar.total = len(stage.blocks)
             bar.update(len(stage.reused))
-            device = infer_maps(model, view, plan, store.image, opts, partial, stage.tiles_done)
+            counter.start(len(plan.tiles) + len(stage.blocks), len(partial.reused_tiles) + len(stage.reused))
+
+            def tiles_done(origins: list[tuple[int, int]]) -> None:
+                stage.tiles_done(origins)
+                counter.add(len(origins))
+
+            device = infer_maps(model, view, plan, store.image, opts, partial, tiles_done)
             clock.lap("inference")  # blocks whose tiles were done ran meanwhile
             inst = stage.finish(store.labels["nuclei"])
         clock.lap("instances")
@@ -300,6 +319,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         (tmp / names.run_json).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
         files = pictures.get("files", [])
         final = _publish(tmp, output_dir, names, files, stale_outputs(previous, names, output_dir, files))
+        counter.finish()
     return SegmentResult(
         geojson=final[names.geojson], zarr=final[names.zarr], run_json=final[names.run_json], n_nuclei=n,
         n_oversized=inst.n_oversized, timings=clock.wall(), pictures=[final[f] for f in files],
@@ -308,7 +328,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
 
 def _resume_key(fingerprint: str, model: Model, opts: SegmentOptions, tile: int, mpp: float) -> str:
     """What the maps and nuclei of a run depend on: a run with another key never reuses this one's work."""
-    affecting = {k: v for k, v in asdict(opts).items()
+    affecting = {k: v for k, v in options_record(opts).items()
                  if k not in ("progress", "preview", "overlays", "num_workers", "compress", "device")}
     return run_key({
         "version": __version__, "slide": fingerprint, "model": model.sha256, "tile": tile, "mpp": mpp,
@@ -342,7 +362,7 @@ def _run_record(slide, slide_path: Path, fingerprint: str, model: Model, view, o
         **slide_record(slide, slide_path, fingerprint),
         "model": model_record(model),
         "working": working_record(view),
-        "config": {**asdict(opts), "tile_size": plan.tile, "context_px": model.card.context_px,
+        "config": {**options_record(opts), "tile_size": plan.tile, "context_px": model.card.context_px,
                    "halo_px": params.halo, "instance_params": asdict(params),
                    "outline_tolerance_px": DEFAULT_TOLERANCE if opts.outlines == "smooth" else None},
         "device": device,

@@ -1,4 +1,4 @@
-"""The HTTP API of ``wsi-weakseg serve`` (FastAPI): health, models, slides and segment jobs.
+"""The HTTP API of ``wsi-weakseg serve`` (FastAPI): health, models, slides, segment and train jobs.
 
 Every route but ``GET /health`` needs ``Authorization: Bearer <token>`` (401). Request bodies are JSON of at
 most ``max_body`` bytes (413, checked on ``Content-Length`` and again while streaming, so a chunked body
@@ -21,18 +21,29 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import ModelCardError, SlideNotFoundError, UserInputError, WsiWeaksegError
+from ..errors import SlideNotFoundError, UserInputError, WsiWeaksegError
 from .auth import token_matches
-from .jobs import FINISHED, RESULT_DIR, Job, JobNotFoundError, JobRunner, JobStore, QueueFullError, new_id
+from .jobs import (
+    FINISHED,
+    RESULT_DIR,
+    Job,
+    JobNotFoundError,
+    JobRunner,
+    JobStore,
+    QueueFullError,
+    new_id,
+)
+from .models import ModelNameTakenError, ModelRegistry
 from .paths import PathOutsideRootsError, Roots
 from .roi import write_roi
+from .training import TrainRunner, hide_paths, prepare_training
 
 log = logging.getLogger(__name__)
 
 #: HTTP status of each typed error (most specific first); other UserInputErrors are 400, the rest 500.
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (PathOutsideRootsError, 403), (SlideNotFoundError, 404), (JobNotFoundError, 404), (QueueFullError, 429),
-    (UserInputError, 400),
+    (ModelNameTakenError, 409), (UserInputError, 400),
 )
 
 
@@ -52,7 +63,9 @@ class ServeConfig:
     token: str
     store: JobStore
     runner: JobRunner
-    models: Any  # ModelRegistry
+    models: ModelRegistry
+    trainer: TrainRunner | None = None  # None: POST /v1/train answers 404
+    device: str = "auto"
     max_body: int = 4 * 2**20
     scheduler: str = "LocalCluster"
     _info_cache: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
@@ -158,6 +171,27 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         return JSONResponse({"job": job.id, "state": job.state}, status_code=202,
                             headers={"Location": f"/v1/jobs/{job.id}"})
 
+    @app.post("/v1/train", dependencies=guarded, status_code=202)
+    async def train(request: Request) -> JSONResponse:
+        body = await read_json(request, cfg.max_body)
+        if cfg.trainer is None:
+            raise ApiError(404, "HTTPError", "this server does not train models")
+        try:
+            config, spec = prepare_training(body, cfg.roots, cfg.device)
+        except UserInputError as exc:  # the spec's files are named relative to their root, never by server path
+            raise type(exc)(hide_paths(str(exc), cfg.roots.paths)) from None
+        name = cfg.models.claim(body.get("name"))  # 400 / 409
+        job = Job(id=new_id(), model=name, kind="train",
+                  detail={"epochs": int(config["optim"]["epochs"]), "epochs_done": 0, "history": []})
+        try:
+            cfg.trainer.submit(job, config, spec)
+        except BaseException:
+            cfg.models.release(name)
+            raise
+        log.info("train job %s queued: model %r, %d epochs", job.id, name, config["optim"]["epochs"])
+        return JSONResponse({"job": job.id, "state": job.state, "model": name}, status_code=202,
+                            headers={"Location": f"/v1/jobs/{job.id}"})
+
     @app.get("/v1/jobs", dependencies=guarded)
     def jobs() -> dict[str, Any]:
         return {"jobs": [j.public() for j in sorted(cfg.store.all(), key=lambda j: j.created)]}
@@ -173,6 +207,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.get("/v1/jobs/{job_id}/result", dependencies=guarded)
     def job_result(job_id: str) -> FileResponse:
         job = cfg.store.get(job_id)
+        if job.kind == "train":
+            raise ApiError(409, "NoResultFile", f"a train job has no result file; once done, its model {job.model!r} "
+                           "is listed by GET /v1/models and a segment request may name it")
         if job.state != "done":
             what = (f"the job {job.state}: {job.error['type']}: {job.error['message']}" if job.error
                     else f"the job is {job.state}")
@@ -199,35 +236,3 @@ def _slide_entry(cfg: ServeConfig, name: str, path: Path) -> dict[str, Any]:
         return {"slide": name, "error": type(exc).__name__, "message": str(exc)}
     info.pop("path", None)
     return {"slide": name, **info}
-
-
-class ModelRegistry:
-    """The models a request may name: the packaged ones (by name); each loaded once for its sha256."""
-
-    def __init__(self, default: str) -> None:
-        from ..model.card import available_models
-
-        self.default = default
-        self.names = list(available_models())
-        self._sha: dict[str, str] = {}
-
-    def ref(self, name: object) -> tuple[str, str]:
-        """``(ref, sha256)`` for a cohort task; :class:`ModelCardError` for a name that is not served."""
-        from ..model.card import load_model
-
-        if not isinstance(name, str) or name not in self.names:
-            raise ModelCardError(f"unknown model {name!r}; GET /v1/models lists the served ones: {', '.join(self.names)}")
-        if name not in self._sha:
-            self._sha[name] = load_model(name).sha256
-        return name, self._sha[name]
-
-    def describe(self) -> list[dict[str, Any]]:
-        from ..model.card import load_model
-
-        out = []
-        for name in self.names:
-            card = load_model(name).card
-            out.append({"name": name, "default": name == self.default, "architecture": card.architecture,
-                        "mpp": card.mpp, "trained": card.trained, "description": card.description,
-                        "license": card.license})
-        return out

@@ -1,4 +1,4 @@
-"""Segment jobs of the server: a bounded queue, dispatcher threads, one cohort task per job, and their state.
+"""Jobs of the server: for segment jobs a bounded queue, dispatcher threads, one cohort task per job, and their state.
 
 A job is a folder ``STATE/jobs/<id>/`` holding ``job.json`` (its state, rewritten by temporary name and
 ``os.replace`` on every change, so a reader or a restart never sees half a file), ``roi.geojson`` (the ROI
@@ -8,6 +8,11 @@ cluster (the cohort engine: a LocalCluster by default, or an existing scheduler)
 exactly what ``wsi-weakseg segment --roi roi.geojson`` writes. The queue is bounded (:class:`QueueFullError`);
 a job leaves it only when a dispatcher thread has a free task slot, so queued jobs cancel at once. A running
 job's cancel releases its future: the server forgets it at once, the worker finishes its task unobserved.
+
+Progress: a job run on Dask passes a :class:`~.progress.ProgressFile` as ``SegmentOptions.on_progress``; the
+worker rewrites ``<id>/progress.json`` as tiles and blocks finish and the dispatcher copies it into the job
+while it waits on the future (every 0.25 s). A job run in the dispatcher thread reports straight into the store.
+Train jobs (``kind: train``) share the store and the cancel; they run in :mod:`.training`'s thread.
 
 On start, finished jobs (done, failed, cancelled) are loaded from the state folder; jobs that were queued or
 running when the server stopped become ``failed`` with a message saying to submit them again.
@@ -33,6 +38,7 @@ from ..cohort.inputs import SlideJob
 from ..cohort.task import expected_identity, process_slide
 from ..engine.segment import SegmentOptions
 from ..errors import UserInputError
+from .progress import PROGRESS_NAME, ProgressFile, Throttled, read_progress
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +58,15 @@ class JobNotFoundError(UserInputError, LookupError):
 
 @dataclass
 class Job:
-    """One segment job: request, state, timings and outcome (``job.json``)."""
+    """One job (segment or train): request, state, timings and outcome (``job.json``)."""
 
     id: str
-    slide: str  # the name the request used (relative to a root)
-    slide_path: str
-    model: str
-    mpp: float | None
+    slide: str = ""  # the name the request used (relative to a root); train jobs: ""
+    slide_path: str = ""
+    model: str = ""  # segment: the model used; train: the name of the model being trained
+    mpp: float | None = None
+    kind: str = "segment"  # or "train" (jobs.json of the first slice have no kind: segment)
+    detail: dict[str, Any] | None = None  # train: epochs, epochs_done, history, shipped, metrics
     state: str = "queued"
     progress: float = 0.0
     created: float = field(default_factory=time.time)
@@ -72,9 +80,17 @@ class Job:
         """What ``GET /v1/jobs/{id}`` returns (no server paths)."""
         t = {"queued_s": _span(self.created, self.started or self.finished),
              "running_s": _span(self.started, self.finished), "total_s": _span(self.created, self.finished)}
-        return {"job": self.id, "state": self.state, "progress": self.progress, "slide": self.slide,
-                "model": self.model, "mpp": self.mpp, "nuclei": self.nuclei, "error": self.error, "timings": t,
-                "created": self.created, "started": self.started, "finished": self.finished}
+        common = {"job": self.id, "kind": self.kind, "state": self.state, "progress": self.progress,
+                  "model": self.model, "error": self.error, "timings": t, "created": self.created,
+                  "started": self.started, "finished": self.finished}
+        if self.kind == "train":
+            return {**common, **(self.detail or {})}
+        return {**common, "slide": self.slide, "mpp": self.mpp, "nuclei": self.nuclei}
+
+
+def _running(job: Job) -> bool:
+    """The guard of updates a cancel must win against."""
+    return job.state == "running"
 
 
 def _span(a: float | None, b: float | None) -> float | None:
@@ -129,7 +145,7 @@ class JobStore:
         with self._lock:
             job = self._jobs.get(job_id) if _ID.match(job_id or "") else None
             if job is None:
-                raise JobNotFoundError(f"no job {job_id!r}; POST /v1/segment returns the ids of new jobs")
+                raise JobNotFoundError(f"no job {job_id!r}; POST /v1/segment and POST /v1/train return the ids of new jobs")
             return replace(job)
 
     def update(self, job_id: str, when: Callable[[Job], bool] = lambda j: True, **changes: Any) -> Job | None:
@@ -218,7 +234,7 @@ class JobRunner:
                 return
             try:
                 self._run(job_id)
-            except Exception as exc:  # noqa: BLE001 - a dispatcher must survive any one job
+            except Exception as exc:
                 log.exception("job %s: dispatcher failed", job_id)
                 self.store.update(job_id, lambda j: j.state not in FINISHED, state="failed", finished=time.time(),
                                   error={"type": type(exc).__name__, "message": str(exc)})
@@ -229,7 +245,12 @@ class JobRunner:
             return
         folder = self.store.folder(job_id)
         ref, sha = self.models(job.model)
-        opts = replace(self.options, roi=str(folder / "roi.geojson"), mpp=job.mpp, progress=False)
+        if self.client is None:  # this thread: straight into the store
+            report = Throttled(lambda f: self.store.update(job_id, _running, progress=round(f, 4)),
+                               final=lambda f: f >= 1.0)
+        else:  # a worker process: through a file in the job folder, read while waiting (_wait)
+            report = ProgressFile(str(folder / PROGRESS_NAME))
+        opts = replace(self.options, roi=str(folder / "roi.geojson"), mpp=job.mpp, progress=False, on_progress=report)
         slide = SlideJob(RESULT_DIR, Path(job.slide_path), job.mpp)
         identity = expected_identity(slide, opts, sha)
         args = (slide, str(folder), ref, sha, opts, identity, self.torch_threads)
@@ -248,9 +269,14 @@ class JobRunner:
         """The task's ledger row, or None when the job was cancelled meanwhile."""
         from distributed import TimeoutError as DaskTimeout
 
+        progress_file = self.store.folder(job_id) / PROGRESS_NAME
         while True:
-            if self.store.get(job_id).state == "cancelled":
+            job = self.store.get(job_id)
+            if job.state == "cancelled":
                 return None
+            fraction = read_progress(progress_file)
+            if fraction is not None and fraction > job.progress:
+                self.store.update(job_id, _running, progress=fraction)
             try:
                 row = fut.result(timeout=0.25)
             except (DaskTimeout, TimeoutError):
@@ -264,7 +290,7 @@ class JobRunner:
             return row
 
     def _finish(self, job_id: str, row: dict[str, Any]) -> None:
-        not_cancelled = lambda j: j.state == "running"  # noqa: E731
+        not_cancelled = _running
         if row.get("status") == "done":
             done = json.loads((self.store.folder(job_id) / RESULT_DIR / "done.json").read_text())
             job = self.store.update(job_id, not_cancelled, state="done", progress=1.0, finished=time.time(),

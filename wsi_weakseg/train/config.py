@@ -106,7 +106,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     Relative ``data.spec``, ``data.items`` and ``data.cache_dir`` paths resolve against the config file's folder.
     """
     user: dict[str, Any] = {}
-    base = Path.cwd()
+    base = None
     if path is not None:
         path = Path(path)
         try:
@@ -119,6 +119,19 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         user = dict(loaded or {})
         base = path.resolve().parent
+    return config_from_mapping(user, base, overrides)
+
+
+def config_from_mapping(user: Mapping[str, Any], base: Path | None = None,
+                        overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Packaged defaults, then ``user`` (a config as its YAML file holds it), then ``overrides``; validated.
+
+    Relative ``data.spec``, ``data.items`` and ``data.cache_dir`` paths resolve against ``base`` (default: the
+    current folder). Used by :func:`load_config` and by the server, whose configs arrive as JSON objects.
+    """
+    if not isinstance(user, Mapping):
+        raise ConfigError(f"a training config must be a mapping, got {type(user).__name__}")
+    base = Path.cwd() if base is None else base
     recipe = user.get("recipe", "points")
     cfg = merge(packaged_defaults(recipe), user)
     if overrides:

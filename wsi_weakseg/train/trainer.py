@@ -113,6 +113,8 @@ def train(
     progress: bool = True,
     max_steps: int | None = None,
     data: tuple[Sequence[TrainItem], Sequence[EvalItem], list[dict]] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> TrainResult:
     """Train a model with the points recipe and write it to ``out_dir``.
 
@@ -132,6 +134,12 @@ def train(
         Cap of steps per epoch (smoke runs, tests).
     data : (train items, validation items, summary), optional
         Prebuilt items instead of reading ``cfg["data"]``.
+    on_step : callable, optional
+        ``on_step(step, total_steps)`` after every optimiser step (global step count, resumed runs included).
+    on_epoch : callable, optional
+        ``on_epoch(history)`` after every epoch's checkpoint, with the history so far (the card's
+        ``training.history`` entries: 0-based epoch, loss, loss terms, validation means per net). An exception
+        raised by either hook stops training (the server's cancel); the checkpoint of the last finished epoch stays.
 
     Returns
     -------
@@ -162,7 +170,7 @@ def train(
         saved = load_checkpoint(work / BEST)
         best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
 
-    def on_epoch(rec: PointsRecipe, epoch: int) -> dict:
+    def validate_epoch(rec: PointsRecipe, epoch: int) -> dict:
         nonlocal best
         if not val_items:
             return {}
@@ -175,11 +183,22 @@ def train(
                 save_checkpoint(work / BEST, {**best, "state": rec.nets[k].state_dict(), "validation": s})
         return {k: s["mean"] for k, s in scores.items()}
 
-    on_step = None
-    if progress:
-        on_step = _progress(steps_per_epoch(cfg, recipe, max_steps) * int(cfg["optim"]["epochs"]), True)
-    history = run(cfg, recipe, work, resume=resume, validate=on_epoch, on_step=on_step, max_steps=max_steps,
-                  after_epoch=lambda h: write_curves(h, work / CURVES, best))
+    total_steps = steps_per_epoch(cfg, recipe, max_steps) * int(cfg["optim"]["epochs"])
+    bar = _progress(total_steps, True) if progress else None
+
+    def step_hook(step: int, logs: dict) -> None:
+        if bar is not None:
+            bar(step, logs)
+        if on_step is not None:
+            on_step(step, total_steps)
+
+    def epoch_hook(history: list[dict]) -> None:
+        write_curves(history, work / CURVES, best)
+        if on_epoch is not None:
+            on_epoch(history)
+
+    history = run(cfg, recipe, work, resume=resume, validate=validate_epoch, on_step=step_hook, max_steps=max_steps,
+                  after_epoch=epoch_hook)
     net = ResNet34UNet(out_channels=2, width=int(cfg["model"]["width"]))
     if (work / BEST).is_file():
         saved = load_checkpoint(work / BEST)
