@@ -10,6 +10,7 @@ from shapely.geometry import Polygon
 from skimage.draw import disk
 
 from wsi_weakseg.engine import merge
+from wsi_weakseg.engine.records import load_core_keys
 from wsi_weakseg.engine.schedule import InstanceStage
 from wsi_weakseg.engine.instances import (
     InstanceParams,
@@ -122,10 +123,14 @@ def test_clean_labels_fills_holes_and_drops_fragments_and_small():
 
 
 def _run_blocks(maps, block, params, work, num_workers=1):
-    """Every block of complete maps through the instance stage: (label keys, block results)."""
+    """Every block of complete maps through the instance stage: (global anchor keys per pixel, block results)."""
     with InstanceStage(maps, work, params, block, num_workers) as stage:
         results = stage.wait()
-        return stage.keys[:], results
+        keys = np.zeros(stage.keys.shape, np.int64)
+        for by, bx in stage.blocks:  # each chunk holds window-local labels, its record their anchor keys
+            sl = (slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block))
+            keys[sl] = load_core_keys(work / "blocks", (by, bx))[stage.keys[sl]]
+        return keys, results
 
 
 @pytest.mark.parametrize("block", [32, 64, 96])

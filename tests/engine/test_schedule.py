@@ -8,10 +8,9 @@ import pytest
 
 from wsi_weakseg.engine import schedule
 from wsi_weakseg.engine.instances import InstanceParams
-from wsi_weakseg.engine.merge import block_grid, iter_nuclei
+from wsi_weakseg.engine.merge import Window, block_grid, iter_nuclei
 from wsi_weakseg.engine.records import load_block
 from wsi_weakseg.engine.schedule import InstanceStage, tiles_under
-from wsi_weakseg.engine.merge import Window
 from wsi_weakseg.errors import ProcessingError
 
 PARAMS = InstanceParams(foreground=128, centre=60, peak_radius=2, max_cost=6.0, path_weight=1.0, min_area=5)
@@ -106,3 +105,18 @@ def test_a_failing_block_is_raised_and_missing_tiles_are_an_error(tmp_path, monk
         with pytest.raises(RuntimeError, match="the last block failed"):
             stage.tiles_done(tiles[-1:])
             stage.wait()
+
+
+def test_ids_through_block_key_tables_equal_the_whole_image_labels(tmp_path):
+    from wsi_weakseg.engine.instances import label_image
+    from wsi_weakseg.engine.merge import write_label_ids
+
+    maps = _maps(seed=2)
+    ids = np.zeros(maps.shape[1:], np.uint32)
+    with InstanceStage(maps, tmp_path / "s", PARAMS, BLOCK, 2) as stage:
+        inst = stage.finish(ids)
+        np.testing.assert_array_equal(ids, label_image(maps, PARAMS))
+        assert ids.max() == len(inst.sorted_keys) >= 30
+        # a nucleus no block emitted, though its label is in a chunk: the merge lost locality, said loudly
+        with pytest.raises(ProcessingError, match="blocks disagreed"):
+            write_label_ids(stage.keys, np.zeros_like(ids), inst.sorted_keys[1:], tmp_path / "s" / "blocks", BLOCK)

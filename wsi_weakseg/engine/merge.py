@@ -17,7 +17,6 @@ geodesic cost budget ``max_reach_um``; a nucleus whose region is cut at that bud
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from .records import (  # noqa: F401
     Nucleus,
     iter_nuclei,
     iter_texts,
+    load_core_keys,
     load_summary,
     record_path,
     save_block,
@@ -182,7 +182,7 @@ def process_block(
     ----------
     maps : array-like (2, H, W) uint8
         Foreground and centre maps (a zarr array; only the window is read).
-    keys_out : array-like (H, W) int64
+    keys_out : array-like (H, W) uint32
         Label keys, chunked by ``block`` so this block is its only writer.
     by, bx : int
         Block row and column.
@@ -204,12 +204,12 @@ def process_block(
     win = np.ascontiguousarray(maps[:, w.wy0 : w.wy1, w.wx0 : w.wx1], dtype=np.uint8)
     labels, markers, flags = label_window(win, w, params, anchor_filter)
     marker_keys = np.concatenate([[0], (markers[:, 0] + w.wy0) * w.image_shape[1] + markers[:, 1] + w.wx0 + 1])
-    core = labels[w.y0 - w.wy0 : w.y1 - w.wy0, w.x0 - w.wx0 : w.x1 - w.wx0]
-    keys_out[w.y0 : w.y1, w.x0 : w.x1] = marker_keys.astype(np.int64)[core]
+    # the chunk holds window-local labels (uint32); the record holds their anchor keys (write_label_ids)
+    keys_out[w.y0 : w.y1, w.x0 : w.x1] = labels[w.y0 - w.wy0 : w.y1 - w.wy0, w.x0 - w.wx0 : w.x1 - w.wx0]
     nuclei, n_repaired = owned_nuclei(labels, markers, flags, win, w, params.reach, outlines)
     if formatter is not None:
         nuclei = formatter.format_block(nuclei)
-    save_block(record_dir, (by, bx), nuclei, n_repaired)
+    save_block(record_dir, (by, bx), nuclei, n_repaired, marker_keys)
     return BlockResult(index=(by, bx), keys=nuclei.keys, n_oversized=int(nuclei.oversized.sum()),
                        n_repaired=n_repaired)
 
@@ -275,10 +275,26 @@ def keys_to_ids(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return np.where(fg, pos + 1, 0).astype(np.uint32)
 
 
-def write_label_ids(keys_arr, labels_arr, sorted_keys: np.ndarray, num_workers: int = 1) -> None:
-    """Blockwise key -> id relabelling from one zarr array into another of the same chunking."""
-    import dask.array as da
+def write_label_ids(local_arr, labels_arr, sorted_keys: np.ndarray, record_dir: Path, block: int,
+                    num_workers: int = 1) -> None:
+    """Blockwise relabelling into consecutive ids: each block's local labels through its key table.
 
-    src = da.from_zarr(keys_arr)
-    ids = src.map_blocks(functools.partial(keys_to_ids, sorted_keys=sorted_keys), dtype=np.uint32)
-    da.store(ids, labels_arr, lock=False, scheduler="threads", num_workers=max(1, num_workers))
+    A block's chunk of ``local_arr`` holds window-local labels and its record the anchor key of each
+    (:func:`process_block`), so a block costs a lookup of its few hundred keys, not a search per pixel.
+    Every local label present in the chunk must be a nucleus some block emitted (:func:`keys_to_ids`).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(index: tuple[int, int]) -> None:
+        rows = slice(index[0] * block, (index[0] + 1) * block)
+        cols = slice(index[1] * block, (index[1] + 1) * block)
+        local = np.asarray(local_arr[rows, cols])
+        table = load_core_keys(record_dir, index)
+        used = np.bincount(local.ravel(), minlength=table.size)[: table.size] > 0
+        used[0] = False
+        ids = np.zeros(table.size, np.uint32)
+        ids[used] = keys_to_ids(table[used], sorted_keys)
+        labels_arr[rows, cols] = ids[local]
+
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        list(pool.map(one, block_grid(tuple(local_arr.shape), block)))

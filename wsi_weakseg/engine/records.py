@@ -123,17 +123,20 @@ def record_path(record_dir: Path, index: tuple[int, int]) -> Path:
     return record_dir / f"{index[0]}_{index[1]}.npz"
 
 
-def save_block(record_dir: Path, index: tuple[int, int], nuclei: BlockNuclei, n_repaired: int = 0) -> None:
+def save_block(record_dir: Path, index: tuple[int, int], nuclei: BlockNuclei, n_repaired: int = 0,
+               core_keys: np.ndarray | None = None) -> None:
     """Write a block's record: plain arrays (``.npz``, no pickle), by temporary name and rename.
 
     A record exists only complete, so a resumed run (:mod:`.resume`) can trust any record it finds.
+    ``core_keys`` is the table from the block's local labels (its key chunk) to anchor keys, 0 first.
     """
     path = record_path(record_dir, index)
     tmp = path.with_name(path.name + ".tmp")
     arrays = {k: getattr(nuclei, k) for k in _ARRAYS}
     with open(tmp, "wb") as fh:
         np.savez(fh, **arrays, text=np.frombuffer(nuclei.text.encode("utf-8"), np.uint8),
-                 n_repaired=np.int64(n_repaired))
+                 n_repaired=np.int64(n_repaired),
+                 core_keys=np.zeros(1, np.int64) if core_keys is None else np.asarray(core_keys, np.int64))
     os.replace(tmp, path)
 
 
@@ -141,6 +144,12 @@ def load_block(record_dir: Path, index: tuple[int, int]) -> BlockNuclei:
     """Read a block's record (arrays only: ``allow_pickle=False``)."""
     with np.load(record_path(record_dir, index), allow_pickle=False) as z:
         return BlockNuclei(**{k: z[k] for k in _ARRAYS}, text=z["text"].tobytes().decode("utf-8"))
+
+
+def load_core_keys(record_dir: Path, index: tuple[int, int]) -> np.ndarray:
+    """The block's table from local label to anchor key (``core_keys`` of :func:`save_block`)."""
+    with np.load(record_path(record_dir, index), allow_pickle=False) as z:
+        return z["core_keys"]
 
 
 def load_summary(record_dir: Path, index: tuple[int, int]) -> tuple[np.ndarray, int, int]:

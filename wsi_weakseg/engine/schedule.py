@@ -78,7 +78,7 @@ class InstanceStage:
     maps : array-like (2, H, W) uint8
         The maps being written (a zarr array).
     work : Path
-        Working folder: ``keys.zarr`` (label keys) and ``blocks/`` (records); what an earlier run of the
+        Working folder: ``keys.zarr`` (window-local labels per block) and ``blocks/`` (records); what an earlier run of the
         same work left there is reused.
     params : InstanceParams
     block, num_workers : int
@@ -151,7 +151,7 @@ class InstanceStage:
         """Wait for every block; write consecutive ids into ``labels_out``; the stage's :class:`Instances`."""
         results = self.wait()
         sorted_keys = np.sort(np.concatenate([r.keys for r in results] or [np.zeros(0, np.int64)]))
-        write_label_ids(self.keys, labels_out, sorted_keys, self.num_workers)
+        write_label_ids(self.keys, labels_out, sorted_keys, self.work / "blocks", self.block, self.num_workers)
         return Instances(self.blocks, self.work / "blocks", sorted_keys, int(sum(r.n_oversized for r in results)),
                          int(sum(r.n_repaired for r in results)), len(self.reused))
 
@@ -171,10 +171,11 @@ class InstanceStage:
 
 
 def _keys_array(path: Path, shape: tuple[int, int], block: int):
-    """The label-key array (one chunk per block): reopened when an interrupted run left it, else created."""
+    """The local-label array (one chunk per block, :func:`~.merge.process_block`): reopened when an interrupted
+    run left it, else created."""
     import zarr
 
     if path.exists():
         return zarr.open_array(path, mode="r+")
-    return zarr.create_array(path, shape=shape, chunks=(block, block), dtype="int64", fill_value=0)
+    return zarr.create_array(path, shape=shape, chunks=(block, block), dtype="uint32", fill_value=0)
 

@@ -331,7 +331,7 @@ def _resume_key(fingerprint: str, model: Model, opts: SegmentOptions, tile: int,
     affecting = {k: v for k, v in options_record(opts).items()
                  if k not in ("progress", "preview", "overlays", "num_workers", "compress", "device")}
     return run_key({
-        "version": __version__, "slide": fingerprint, "model": model.sha256, "tile": tile, "mpp": mpp,
+        "version": __version__, "work_format": 2, "slide": fingerprint, "model": model.sha256, "tile": tile, "mpp": mpp,
         "device": resolve_device(opts.device).type, "options": affecting,
         "roi": file_digest(opts.roi), "tissue": file_digest(opts.tissue),
     })
