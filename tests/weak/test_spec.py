@@ -112,7 +112,8 @@ def test_absolute_paths_and_slide_items(project):
     assert item.kind == "slide" and item.image == scn.resolve() and item.split == "test" and item.mpp is None
 
 
-ITEM_KEYS = "image, slide, points, labels, mpp, point_classes, region_classes, split"
+ITEM_KEYS = ("image, slide, points, scribbles, labels, mpp, point_classes, region_classes, nucleus_classes, "
+             "background_classes, split")
 
 
 @pytest.mark.parametrize(
@@ -123,7 +124,7 @@ ITEM_KEYS = "image, slide, points, labels, mpp, point_classes, region_classes, s
             "defaults: {mpp: 0.25, split: test}\nitems: [{image: images/a.png, points: points/a.geojson}]",
             "defaults",
             "split",
-            "mpp, point_classes, region_classes",
+            "mpp, point_classes, region_classes, nucleus_classes, background_classes",
         ),
         ("items: [{image: images/a.png, points: points/a.geojson, pionts: x}]", "item 0", "pionts", ITEM_KEYS),
     ],

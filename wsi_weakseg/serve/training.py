@@ -83,10 +83,13 @@ def _frozen_spec(spec, roots: Roots) -> dict[str, Any]:
     """The loaded spec as YAML data with absolute paths, every one re-checked inside the roots."""
     items = []
     for index, it in enumerate(spec.items):
-        for p in (it.image, it.points, it.labels):
+        for p in (it.image, it.points, it.scribbles, it.labels):
             if p is not None and not _inside(p, roots):
                 raise PathOutsideRootsError(f"data spec item {index} names a file outside the served roots")
-        entry: dict[str, Any] = {it.kind: str(it.image), "points": str(it.points), "split": it.split}
+        entry: dict[str, Any] = {it.kind: str(it.image), "split": it.split}
+        for key in ("points", "scribbles"):
+            if getattr(it, key) is not None:
+                entry[key] = str(getattr(it, key))
         if it.mpp is not None:
             entry["mpp"] = it.mpp
         if it.point_classes is not None:

@@ -130,3 +130,59 @@ def pairwise_crf_loss(prob: torch.Tensor, rgb: torch.Tensor, radius: int, sigma_
         weight = torch.exp(-colour / (2 * sigma_rgb**2)) * math.exp(-(dy * dy + dx * dx) / (2 * sigma_xy**2))
         total = total + 2 * (weight * (s * (1 - t) + t * (1 - s))).sum()
     return total / (n * h * w)
+
+
+# --- Scribble2Label (Lee et al., MICCAI 2020; /work/shared/papers/scribble2label.txt) -------------------------
+# Scribble labels use the same encoding (0 background stroke, 1 nucleus stroke, 2 unscribbled), so the scribbled
+# loss is the masked BCE above; the prediction ensemble is :func:`ema_update` (y_n = a f(x) + (1 - a) y_{n-1}).
+
+
+def partial_ce(logits: torch.Tensor, scribble_labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 (L_sp): binary cross-entropy averaged over the scribbled pixels Omega_s; 0 when there are none.
+
+    Examples
+    --------
+    Logit 0 on a scribbled pixel costs ln 2, the unscribbled pixel (2) nothing:
+
+    >>> round(float(partial_ce(torch.tensor([0.0, 5.0]), torch.tensor([1, 2]))), 6) == round(math.log(2), 6)
+    True
+    """
+    return masked_bce(logits, scribble_labels)
+
+
+def pseudo_labels(ema: torch.Tensor, scribble_labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Omega_g of Eq. 2: 1 where ``ema > tau``, 0 where ``1 - ema > tau``, else 2 (ignored); scribbled pixels 2.
+
+    Parameters
+    ----------
+    ema : tensor
+        Ensemble foreground probability y_n in [0, 1].
+    scribble_labels : tensor
+        0/1/2 scribble map of the same shape (pixels != 2 are in Omega_s and left to L_sp).
+    tau : float
+        Consistency threshold (paper default 0.8), in [0.5, 1).
+
+    Returns
+    -------
+    tensor of int64
+        Target map in the weak encoding.
+    """
+    target = torch.full_like(ema, IGNORE, dtype=torch.int64)
+    target[ema > tau] = 1
+    target[(1.0 - ema) > tau] = 0
+    target[scribble_labels != IGNORE] = IGNORE
+    return target
+
+
+def unlabelled_ce(logits: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 (L_up): binary cross-entropy to the one-hot pseudo labels, averaged over Omega_g; 0 when empty."""
+    return masked_bce(logits, pseudo)
+
+
+def scribble_loss(logits: torch.Tensor, scribble_labels: torch.Tensor, pseudo: torch.Tensor | None,
+                  lam: float) -> torch.Tensor:
+    """Eq. 3: ``L_sp + lam * L_up`` (L_sp alone during warm-up, when ``pseudo`` is None)."""
+    loss = partial_ce(logits, scribble_labels)
+    if pseudo is not None:
+        loss = loss + lam * unlabelled_ce(logits, pseudo)
+    return loss

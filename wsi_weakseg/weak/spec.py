@@ -14,6 +14,12 @@ Example::
         points: case1-points.geojson
         split: validation   # train (default) | validation | test
         labels: labels/case1.png  # optional instance label map: validation metrics only, never a target
+      - image: images/TCGA-21-5784-01Z-00-DX1.png
+        scribbles: scribbles/TCGA-21-5784-01Z-00-DX1.geojson  # strokes (Scribble2Label); points optional
+
+An item names ``points``, ``scribbles`` or both. ``nucleus_classes`` / ``background_classes`` (in
+``defaults`` or an item) select the stroke classes as ``point_classes`` selects points (defaults
+``[Nucleus]`` / ``[Background]``; ``Ignore*`` strokes mark nothing).
 
 Unknown keys are errors (a misspelt key must never be ignored silently).
 """
@@ -25,21 +31,26 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from wsi_weakseg.errors import ConfigError, MissingMppError
 from wsi_weakseg.weak.points import PointSet, read_points
 
-__all__ = ["SPLITS", "DataSpec", "SpecItem", "load_item_points", "load_spec"]
+if TYPE_CHECKING:
+    from wsi_weakseg.weak.scribbles import ScribbleSet
+
+__all__ = ["SPLITS", "DataSpec", "SpecItem", "load_item_points", "load_item_scribbles", "load_spec"]
 
 #: Allowed values of ``split``.
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 _TOP_KEYS = ("defaults", "items")
-_DEFAULT_KEYS = ("mpp", "point_classes", "region_classes")
-_ITEM_KEYS = ("image", "slide", "points", "labels", "mpp", "point_classes", "region_classes", "split")
+_STROKE_KEYS = ("nucleus_classes", "background_classes")
+_DEFAULT_KEYS = ("mpp", "point_classes", "region_classes", *_STROKE_KEYS)
+_ITEM_KEYS = ("image", "slide", "points", "scribbles", "labels", "mpp", "point_classes", "region_classes",
+              *_STROKE_KEYS, "split")
 
 
 @dataclass(frozen=True)
@@ -50,8 +61,8 @@ class SpecItem:
     ----------
     image : pathlib.Path
         Absolute path of the image or slide.
-    points : pathlib.Path
-        Absolute path of its QuPath GeoJSON point export.
+    points : pathlib.Path or None
+        Absolute path of its QuPath GeoJSON point export (``None`` for a scribbles-only item).
     kind : str
         ``"image"`` (a plain image, fully annotated unless it has region polygons) or ``"slide"``
         (a whole slide: its points file must hold an annotated region).
@@ -66,16 +77,24 @@ class SpecItem:
     labels : pathlib.Path or None
         Optional instance label map (same pixel grid as the image; 0 background): used only to
         measure validation metrics, never as a training target.
+    scribbles : pathlib.Path or None
+        Absolute path of its QuPath GeoJSON scribble export (line or brush strokes), if any.
+    nucleus_classes, background_classes : tuple of str or None
+        Stroke classes marking nucleus / background; ``None`` = the defaults of
+        :func:`~wsi_weakseg.weak.scribbles.read_scribbles`.
     """
 
     image: Path
-    points: Path
+    points: Path | None
     kind: str
     mpp: float | None = None
     point_classes: tuple[str, ...] | None = None
     region_classes: tuple[str, ...] | None = None
     split: str = "train"
     labels: Path | None = None
+    scribbles: Path | None = None
+    nucleus_classes: tuple[str, ...] | None = None
+    background_classes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +190,7 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
     d_mpp = _mpp(defaults.get("mpp"), f"{path}: defaults")
     d_points = _classes(defaults.get("point_classes"), "point_classes", f"{path}: defaults")
     d_regions = _classes(defaults.get("region_classes"), "region_classes", f"{path}: defaults")
+    d_strokes = {k: _classes(defaults.get(k), k, f"{path}: defaults") for k in _STROKE_KEYS}
 
     raw_items = data.get("items")
     if not isinstance(raw_items, list) or not raw_items:
@@ -185,15 +205,15 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
         if ("image" in raw) == ("slide" in raw):
             raise ConfigError(f"{where}: give exactly one of 'image' (a plain image) or 'slide' (a whole slide)")
         kind = "image" if "image" in raw else "slide"
-        if "points" not in raw:
-            raise ConfigError(f"{where}: 'points' (the QuPath GeoJSON point export) is missing")
+        if "points" not in raw and "scribbles" not in raw:
+            raise ConfigError(f"{where}: 'points' (the QuPath GeoJSON point export) or 'scribbles' is missing")
         split = raw.get("split", "train")
         if split not in SPLITS:
             raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
         items.append(
             SpecItem(
                 image=_path(raw[kind], kind, base, where),
-                points=_path(raw["points"], "points", base, where),
+                points=_path(raw["points"], "points", base, where) if "points" in raw else None,
                 kind=kind,
                 mpp=_mpp(raw["mpp"], where) if "mpp" in raw else d_mpp,
                 point_classes=(
@@ -204,6 +224,8 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
                 ),
                 split=split,
                 labels=_path(raw["labels"], "labels", base, where) if "labels" in raw else None,
+                scribbles=_path(raw["scribbles"], "scribbles", base, where) if "scribbles" in raw else None,
+                **{k: _classes(raw[k], k, where) if k in raw else d_strokes[k] for k in _STROKE_KEYS},
             )
         )
     return DataSpec(path=path, items=tuple(items))
@@ -220,11 +242,48 @@ def load_item_points(item: SpecItem, *, merge_radius: float = 1.0) -> PointSet:
 
     Raises
     ------
+    ConfigError
+        If the item has no ``points`` (a scribbles-only item).
     MissingMppError
         If the file has no pixel size and the item (or the defaults) give no ``mpp``.
     GeoJSONError
         See :func:`~wsi_weakseg.weak.points.read_points`.
     """
+    if item.points is None:
+        raise ConfigError(f"{item.image}: this spec item has scribbles but no 'points'; the points recipe needs points")
+    width, height = _image_size(item)
+    return read_points(
+        item.points,
+        point_classes=item.point_classes,
+        region_classes=item.region_classes,
+        image_size=(width, height),
+        merge_radius=merge_radius,
+        require_regions=item.kind == "slide",
+    )
+
+
+def load_item_scribbles(item: SpecItem) -> ScribbleSet:
+    """Read the scribbles of one spec item, checked against its image size (``slide.bounds``, as for points).
+
+    Raises
+    ------
+    ConfigError
+        If the item has no ``scribbles``.
+    MissingMppError
+        If the file has no pixel size and the item (or the defaults) give no ``mpp``.
+    GeoJSONError
+        See :func:`~wsi_weakseg.weak.scribbles.read_scribbles`.
+    """
+    from wsi_weakseg.weak.scribbles import read_scribbles
+
+    if item.scribbles is None:
+        raise ConfigError(f"{item.image}: this spec item has no 'scribbles' file")
+    kwargs = {k: getattr(item, k) for k in ("nucleus_classes", "background_classes") if getattr(item, k) is not None}
+    return read_scribbles(item.scribbles, image_size=_image_size(item), **kwargs)
+
+
+def _image_size(item: SpecItem) -> tuple[int, int]:
+    """``(width, height)`` of the item's ``slide.bounds`` (the image opened only for its size)."""
     from wsi_weakseg.slide import open_slide
 
     try:
@@ -235,11 +294,4 @@ def load_item_points(item: SpecItem, *, merge_radius: float = 1.0) -> PointSet:
         ) from exc
     with slide:
         _, _, width, height = slide.bounds
-    return read_points(
-        item.points,
-        point_classes=item.point_classes,
-        region_classes=item.region_classes,
-        image_size=(width, height),
-        merge_radius=merge_radius,
-        require_regions=item.kind == "slide",
-    )
+    return int(width), int(height)
