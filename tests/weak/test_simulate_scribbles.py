@@ -73,3 +73,31 @@ def test_seeded_determinism():
 def test_bad_fraction():
     with pytest.raises(ConfigError):
         simulate_scribbles(_mask(), 0.0, seed=0)
+
+
+def test_script_writes_scribbles_for_training_items_from_a_masks_folder(shared_data, tmp_path):
+    """The script on a real point spec (masks named only for validation): training masks come from --masks."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    mon = shared_data / "monuseg-train"
+    stems = sorted(p.stem for p in (mon / "images").glob("*.png"))[:2]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("items:\n" + "".join(
+        f"- image: {mon / 'images' / s}.png\n  points: {mon / 'points' / s}.geojson\n  mpp: 0.25\n  split: train\n"
+        for s in stems))
+    script = Path(__file__).resolve().parents[2] / "scripts" / "simulate_scribbles.py"
+    argv = [str(script), str(spec), "--out", str(tmp_path / "out"), "--masks", str(mon / "labels"), "--fractions", "0.3"]
+    old, sys.argv = sys.argv, argv
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = old
+    assert done.value.code == 0
+    written = sorted(p.stem for p in (tmp_path / "out" / "30").glob("*.geojson"))
+    assert written == stems
+    s = read_scribbles(tmp_path / "out" / "30" / f"{stems[0]}.geojson", image_size=(1000, 1000))
+    raster = scribble_label(s, (1000, 1000), level0_mpp=0.25, mpp=0.25, width_um=0.25)
+    assert (raster.labels == NUCLEUS).sum() > 500 and (raster.labels == BACKGROUND).sum() > 500
