@@ -34,12 +34,12 @@ def test_table(tmp_path, capsys):
     pred, gt = _example(tmp_path)
     assert main(["evaluate", str(pred), str(gt), "--mpp", "0.5"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["image", "gt", "n_gt", "n_pred", "pix_acc", "pix_F1", "obj_Dice", "AJI", "PQ",
-                              "det_P", "det_R", "det_F1"]
-    # AJI 6/11, PQ 0.4; centroids (0.5, 0.5) (3, 3.5) (1, 5) vs (0.5, 0.5) (3.5, 3.5) within 3 µm = 6 px: all
-    # three predictions lie within 6 px of a GT point, but one-to-one only two match
-    assert out[2].split() == ["img", "labels", "2", "3", "0.8611", "0.7059", "0.7130", "0.5455", "0.4000",
-                              "0.6667", "1.0000", "0.8000"]
+    assert out[0].split() == ["image", "gt", "n_gt", "n_pred", "pix_acc", "pix_F1", "IoU", "obj_Dice", "mDice",
+                              "AJI", "PQ", "det_P", "det_R", "det_F1"]
+    # IoU 6/11, mDice (1 + 2/3) / 2, AJI 6/11, PQ 0.4; centroids (0.5, 0.5) (3, 3.5) (1, 5) vs (0.5, 0.5)
+    # (3.5, 3.5) within 3 µm = 6 px: all three predictions lie within 6 px of a GT point, but one-to-one only two match
+    assert out[2].split() == ["img", "labels", "2", "3", "0.8611", "0.7059", "0.5455", "0.7130", "0.8333",
+                              "0.5455", "0.4000", "0.6667", "1.0000", "0.8000"]
     assert out[4].split()[0] == "mean" and out[5].split() == ["pooled", "2", "3", "0.6667", "1.0000", "0.8000"]
     assert any("within 3 µm (6 px)" in line for line in out)
 
@@ -64,7 +64,7 @@ def test_points_ground_truth_prints_dashes_for_mask_metrics(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out)["images"][0]
     assert all(row[k] is None for k in MASK_METRICS) and (row["tp"], row["fp"], row["fn"]) == (2, 1, 0)
     assert main(["evaluate", str(pred), str(pts), "--radius-px", "1"]) == 0
-    assert capsys.readouterr().out.splitlines()[2].split()[4:9] == ["-"] * 5
+    assert capsys.readouterr().out.splitlines()[2].split()[4:11] == ["-"] * 7
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@ _COLUMNS = (
     ("n_pred", "n_pred", "n"),
     ("pixel_accuracy", "pix_acc", "f"),
     ("pixel_f1", "pix_F1", "f"),
+    ("pixel_iou", "IoU", "f"),
     ("object_dice", "obj_Dice", "f"),
+    ("mdice", "mDice", "f"),
     ("aji", "AJI", "f"),
     ("pq", "PQ", "f"),
     ("precision", "det_P", "f"),
@@ -27,7 +29,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score predictions against ground-truth label maps or point files",
-        description="Score nucleus predictions against ground truth: pixel accuracy and F1, object Dice (GlaS), "
+        description="Score nucleus predictions against ground truth: pixel accuracy, F1 and IoU, object Dice (GlaS), "
+        "mean object Dice (mDice, Nishimura), "
         "AJI (Kumar), PQ (IoU > 0.5) and detection precision/recall/F1 (centroids matched one-to-one within a "
         "radius). PRED and GT are two files or two folders (paired by file name without .geojson[.gz], .png, "
         ".tif[f], .npy). Predictions: label maps or GeoJSON detections (e.g. `segment` output); ground truth: "
@@ -99,7 +102,7 @@ def format_table(report: dict[str, Any]) -> str:
     body = [[r["name"], r["gt_kind"], *(_cell(r[k], kind) for k, _, kind in _COLUMNS)] for r in images]
     n_masks = sum(r["aji"] is not None for r in images)
     body.append(["mean", "", "", "", *(_cell(mean[k], kind) for k, _, kind in _COLUMNS[2:])])
-    body.append(["pooled", "", str(pooled["n_gt"]), str(pooled["n_pred"]), *([""] * 5),
+    body.append(["pooled", "", str(pooled["n_gt"]), str(pooled["n_pred"]), *([""] * (len(_COLUMNS) - 5)),
                  *(_cell(pooled[k], "f") for k in ("precision", "recall", "f1"))])
     header = ["image", "gt", *(h for _, h, _ in _COLUMNS)]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]

@@ -13,14 +13,16 @@ from wsi_weakseg.evaluate import (
     evaluate_instances,
     evaluate_points,
     instance_centroids,
+    mean_object_dice,
     object_dice,
     panoptic_quality,
     pixel_accuracy,
     pixel_f1,
+    pixel_iou,
 )
 
 ALL_SCORES = (
-    "pixel_accuracy", "pixel_f1", "object_dice", "aji", "pq", "dq", "sq", "precision", "recall", "f1",
+    "pixel_accuracy", "pixel_f1", "pixel_iou", "object_dice", "mdice", "aji", "pq", "dq", "sq", "precision", "recall", "f1",
 )
 ZERO_SCORES = ALL_SCORES[1:]
 
@@ -55,6 +57,16 @@ def test_pixel_metrics_by_hand(example):
     # |G| = 8, |S| = 4 + 2 + 3 = 9, TP = 4 + 2 = 6, FP = 3, FN = 2, TN = 36 - 11 = 25
     assert pixel_accuracy(pred, gt) == pytest.approx((6 + 25) / 36)
     assert pixel_f1(pred, gt) == pytest.approx(2 * 6 / (8 + 9))
+    assert pixel_iou(pred, gt) == pytest.approx(6 / (8 + 9 - 6))  # TP / (TP + FP + FN)
+
+
+def test_pixel_iou_empty_cases():
+    empty, full = np.zeros((3, 3), int), np.ones((3, 3), int)
+    assert pixel_iou(empty, empty) == 1.0
+    assert pixel_iou(full, empty) == 0.0 and pixel_iou(empty, full) == 0.0
+    half = full.copy()
+    half[0] = 0
+    assert pixel_iou(half, full) == pytest.approx(6 / 9) and pixel_iou(full, half) == pytest.approx(6 / 9)
 
 
 def test_object_dice_by_hand(example):
@@ -65,6 +77,78 @@ def test_object_dice_by_hand(example):
     s_term = (4 * 1 + 2 * 2 / 3 + 3 * 0) / 9  # = 16/27
     assert object_dice(pred, gt) == pytest.approx(0.5 * (g_term + s_term))
     assert object_dice(pred, gt) == pytest.approx(77 / 108)
+
+
+def test_mean_object_dice_by_hand(example):
+    pred, gt = example
+    # G1 -> S5 Dice 1; G2 -> S9 Dice 2*2/(4+2) = 2/3; the false object S4 is not counted
+    assert mean_object_dice(pred, gt) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_mean_object_dice_tie_goes_to_the_smaller_partner():
+    # G = row 0 cols 0..3 (4 px); A = cols 0..1 (2 px, I = 2); B = cols 2..3 plus row 1 cols 0..3 (6 px, I = 2)
+    # equal overlap: A (Dice 2*2/(4+2) = 2/3) wins over B (Dice 2*2/(4+6) = 0.4), whatever the labels
+    gt = np.zeros((2, 6), int)
+    gt[0, 0:4] = 1
+    for small, large in ((1, 2), (2, 1)):
+        pred = np.zeros_like(gt)
+        pred[0, 0:2] = small
+        pred[0, 2:4] = large
+        pred[1, 0:4] = large
+        assert mean_object_dice(pred, gt) == pytest.approx(2 / 3), (small, large)
+
+
+def test_mean_object_dice_gt_object_without_overlap_scores_zero():
+    gt = np.zeros((3, 8), int)
+    gt[0, 0:2] = 1
+    gt[2, 0:4] = 2
+    pred = np.zeros_like(gt)
+    pred[0, 0:2] = 1  # G1 exact, Dice 1
+    pred[2, 6:8] = 3  # a false object: overlaps nothing, not counted
+    assert mean_object_dice(pred, gt) == pytest.approx((1 + 0) / 2)
+
+
+def test_mean_object_dice_merged_prediction_partners_both_gt_objects():
+    gt = np.zeros((4, 6), int)
+    gt[1:3, 0:2] = 1
+    gt[1:3, 3:5] = 2
+    merged = np.zeros_like(gt)
+    merged[1:3, 0:5] = 7  # 10 px covering both: each GT object has Dice 2*4/(4+10) = 4/7
+    assert mean_object_dice(merged, gt) == pytest.approx(4 / 7)
+    # GlaS object Dice also weighs the prediction side: 0.5 * (4/7 + Dice(G1 or G2, S7) = 4/7)
+    assert object_dice(merged, gt) == pytest.approx(4 / 7)
+
+
+def test_mean_object_dice_is_unweighted():
+    # G1 2 px matched exactly (Dice 1); G2 8 px half covered (Dice 2*4/(8+4) = 2/3); mean not area-weighted
+    gt = np.zeros((3, 8), int)
+    gt[0, 0:2] = 1
+    gt[2, 0:8] = 2
+    pred = np.zeros_like(gt)
+    pred[0, 0:2] = 1
+    pred[2, 0:4] = 2
+    assert mean_object_dice(pred, gt) == pytest.approx((1 + 2 / 3) / 2)  # weighted would be (2 + 8*2/3) / 10
+
+
+def test_mean_object_dice_empty_cases(example):
+    pred, gt = example
+    empty = np.zeros_like(gt)
+    assert mean_object_dice(empty, empty) == 1.0
+    assert mean_object_dice(pred, empty) == 0.0  # predictions but no GT objects
+    assert mean_object_dice(empty, gt) == 0.0  # GT objects, nothing predicted
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_mean_object_dice_invariant_to_permuting_labels(seed):
+    rng = np.random.default_rng(seed)
+    gt, pred = _random_labels(rng), _random_labels(rng)
+    base = mean_object_dice(pred, gt)
+    assert 0.0 < base < 1.0
+    for _ in range(3):
+        # a bijection of the object labels 1..max onto other positive values, background kept at 0
+        lut_p = np.concatenate([[0], rng.permutation(np.arange(1, pred.max() + 1)) * 3])
+        lut_g = np.concatenate([[0], rng.permutation(np.arange(1, gt.max() + 1)) + 500])
+        assert mean_object_dice(lut_p[pred], lut_g[gt]) == pytest.approx(base)
 
 
 def test_aji_by_hand(example):
@@ -96,7 +180,9 @@ def test_evaluate_instances_by_hand(example):
     expected = {
         "pixel_accuracy": 31 / 36,
         "pixel_f1": 12 / 17,
+        "pixel_iou": 6 / 11,
         "object_dice": 77 / 108,
+        "mdice": 5 / 6,
         "aji": 6 / 11,
         "pq": 0.4,
         "dq": 0.4,
@@ -249,6 +335,9 @@ def _brute(pred: np.ndarray, gt: np.ndarray) -> dict:
                 total += a * max(2 * row[c] / (a + other_areas[c]) for c in cands)
         return total / areas.sum()
     dice = 0.5 * (side(ga, sa, inter) + side(sa, ga, inter.T))
+    # mDice: unweighted mean over GT objects of the Dice with the most-overlapping prediction (ties: best Dice)
+    mdice = np.mean([side(np.array([a]), sa, row[None]) for a, row in zip(ga, inter)])
+    fg_iou = np.sum((pred > 0) & (gt > 0)) / np.sum((pred > 0) | (gt > 0))
     # AJI (max IoU; objects without overlap add their own area)
     c = u = 0
     used = set()
@@ -265,7 +354,7 @@ def _brute(pred: np.ndarray, gt: np.ndarray) -> dict:
     tp = int(matched.sum())
     dq = tp / (tp + 0.5 * (len(ss) - tp) + 0.5 * (len(gs) - tp))
     sq = iou[matched].mean() if tp else 0.0
-    return {"object_dice": dice, "aji": c / u, "pq": dq * sq, "dq": dq, "sq": sq}
+    return {"object_dice": dice, "mdice": mdice, "pixel_iou": fg_iou, "aji": c / u, "pq": dq * sq, "dq": dq, "sq": sq}
 
 
 def _random_labels(rng: np.random.Generator, shape=(24, 24), n=8) -> np.ndarray:
@@ -382,6 +471,8 @@ def test_monuseg_label_map(shared_data):
     n = len(ids)
     assert got["aji"] == pytest.approx((total - a) / total)
     assert got["pixel_f1"] == pytest.approx(2 * (total - a) / (2 * total - a))
+    assert got["pixel_iou"] == pytest.approx((total - a) / total)
+    assert got["mdice"] == pytest.approx((n - 1) / n)  # the others have Dice 1, the missing one 0
     assert got["pq"] == pytest.approx((n - 1) / (n - 1 + 0.5))  # SQ = 1, FN = 1
     assert got["recall"] == pytest.approx((n - 1) / n)
     assert got["precision"] == 1.0

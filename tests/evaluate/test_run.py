@@ -65,7 +65,9 @@ def _expected(radius_px: float) -> dict:
     return {
         "pixel_accuracy": (17 + 35) / 64,
         "pixel_f1": 2 * 17 / (21 + 25),
+        "pixel_iou": 17 / (21 + 25 - 17),
         "object_dice": float((g_term + p_term) / 2),
+        "mdice": (16 / 17 + 2 / 3) / 2,  # g1 -> p1 (Dice 16/17), g2 -> p3 (2/3); p2, p4 not counted
         "aji": (8 + 8) / (9 + 16 + 1 + 4),  # unused predictions p2 and p4 add their areas to U
         "pq": (1 / (1 + 3 / 2 + 1 / 2)) * 8 / 9,
         "dq": 1 / (1 + 3 / 2 + 1 / 2),

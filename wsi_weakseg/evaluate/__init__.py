@@ -15,10 +15,12 @@ from .metrics import (
     aji,
     evaluate_instances,
     evaluate_points,
+    mean_object_dice,
     object_dice,
     panoptic_quality,
     pixel_accuracy,
     pixel_f1,
+    pixel_iou,
 )
 from .run import DEFAULT_RADIUS_UM, evaluate_files, evaluate_model, read_label_map
 
@@ -31,9 +33,11 @@ __all__ = [
     "evaluate_model",
     "evaluate_points",
     "instance_centroids",
+    "mean_object_dice",
     "object_dice",
     "panoptic_quality",
     "pixel_accuracy",
     "pixel_f1",
+    "pixel_iou",
     "read_label_map",
 ]

@@ -1,4 +1,4 @@
-"""Segmentation metrics of nucleus instance label images: pixel, object Dice, AJI, panoptic quality.
+"""Segmentation metrics of nucleus instance label images: pixel, object Dice, mDice, AJI, panoptic quality.
 
 All functions take plain 2-D label images (0 = background, any positive integers as object ids, not
 necessarily consecutive) and return plain floats or dicts. Object metrics share one sparse overlap table
@@ -20,6 +20,10 @@ References
 .. [2] Kumar N. et al. (2017). A dataset and a technique for generalized nuclear segmentation for
    computational pathology. IEEE TMI 36(7), 1550-1560.
 .. [3] Kirillov A. et al. (2019). Panoptic segmentation. CVPR.
+.. [4] Nishimura K., Ker D. F. E., Bise R. (2019). Weakly supervised cell instance segmentation by
+   propagating from detection response. MICCAI.
+.. [5] Lee H., Jeong W.-K. (2020). Scribble2Label: scribble-supervised cell segmentation via
+   self-generating pseudo-labels with consistency. MICCAI.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from .detection import _as_points, centroids_from_index, detection_scores
 __all__ = [
     "pixel_accuracy",
     "pixel_f1",
+    "pixel_iou",
     "object_dice",
+    "mean_object_dice",
     "aji",
     "panoptic_quality",
     "evaluate_instances",
@@ -86,6 +92,28 @@ def pixel_f1(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(2 * np.count_nonzero(p & g) / total)
 
 
+def pixel_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU (Jaccard index) of the binary foreground (label > 0), as Scribble2Label [5]_ reports.
+
+    Both empty gives 1.0; exactly one empty gives 0.0.
+
+    Examples
+    --------
+    >>> gt = np.zeros((6, 6), int); gt[0:2, 0:2] = 1; gt[3:5, 3:5] = 2
+    >>> pred = np.zeros((6, 6), int); pred[0:2, 0:2] = 5; pred[3, 3:5] = 9; pred[0:3, 5] = 4
+    >>> pixel_iou(pred, gt)  # 6 / (9 + 8 - 6)
+    0.5454545454545454
+    >>> pixel_iou(np.zeros((2, 2)), np.zeros((2, 2))), pixel_iou(np.ones((2, 2)), np.zeros((2, 2)))
+    (1.0, 0.0)
+    """
+    pred, gt = check_pair(pred, gt)
+    p, g = pred > 0, gt > 0
+    union = np.count_nonzero(p | g)
+    if union == 0:
+        return 1.0
+    return float(np.count_nonzero(p & g) / union)
+
+
 def _object_dice(t: Overlap) -> float:
     n_g, n_p = t.gt_areas.size, t.pred_areas.size
     if n_g == 0 or n_p == 0:
@@ -121,6 +149,46 @@ def object_dice(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
     (1.0, 0.0)
     """
     return _object_dice(overlap_table(pred_labels, gt_labels))
+
+
+def _mean_object_dice(t: Overlap) -> float:
+    n_g = t.gt_areas.size
+    if n_g == 0:
+        return 1.0 if t.pred_areas.size == 0 else 0.0
+    # best partner = largest overlap; on equal overlap the smaller partner (higher Dice)
+    best = first_per_group(t.gi, -t.inter, t.pred_areas[t.pj])
+    dice = 2 * t.inter[best] / (t.gt_areas[t.gi[best]] + t.pred_areas[t.pj[best]])
+    return float(dice.sum() / n_g)  # GT objects overlapping nothing add 0
+
+
+def mean_object_dice(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
+    """Mean object Dice ("mDice") of Nishimura et al. [4]_, as Scribble2Label [5]_ reports it.
+
+    ``(1 / n_G) * sum_i Dice(G_i, S*(G_i))``, the unweighted mean over ground-truth objects, with
+    ``S*(G_i)`` the predicted object overlapping ``G_i`` most. A ground-truth object overlapping nothing
+    scores 0; predicted objects overlapping nothing are not counted (unlike :func:`object_dice`).
+
+    Notes
+    -----
+    Ties in overlap are broken towards the smaller partner (the higher Dice), as in :func:`object_dice`,
+    so the result does not depend on label values. Without ground-truth objects the result is 1.0 if
+    there are no predicted objects either, else 0.0.
+
+    Examples
+    --------
+    >>> gt = np.zeros((6, 6), int); gt[0:2, 0:2] = 1; gt[3:5, 3:5] = 2
+    >>> pred = np.zeros((6, 6), int); pred[0:2, 0:2] = 5; pred[3, 3:5] = 9; pred[0:3, 5] = 4
+    >>> mean_object_dice(pred, gt)  # (2*4/(4+4) + 2*2/(4+2)) / 2 = (1 + 2/3) / 2; S4 is not counted
+    0.8333333333333333
+
+    A prediction merging both squares (8 px) is each one's partner:
+
+    >>> mean_object_dice((gt > 0).astype(int), gt)  # (2*4/(4+8) + 2*4/(4+8)) / 2
+    0.6666666666666666
+    >>> mean_object_dice(np.zeros_like(gt), np.zeros_like(gt)), mean_object_dice(pred, np.zeros_like(gt))
+    (1.0, 0.0)
+    """
+    return _mean_object_dice(overlap_table(pred_labels, gt_labels))
 
 
 def _aji(t: Overlap) -> float:
@@ -242,8 +310,8 @@ def evaluate_instances(pred_labels: np.ndarray, gt_labels: np.ndarray, *, radius
     Returns
     -------
     dict
-        ``pixel_accuracy``, ``pixel_f1``, ``object_dice``, ``aji``, ``pq``, ``dq``, ``sq`` (PQ at IoU >
-        0.5), ``precision``, ``recall``, ``f1`` (detection of centroids, see :func:`detection_scores`),
+        ``pixel_accuracy``, ``pixel_f1``, ``pixel_iou``, ``object_dice``, ``mdice``
+        (:func:`mean_object_dice`), ``aji``, ``pq``, ``dq``, ``sq`` (PQ at IoU > 0.5), ``precision``, ``recall``, ``f1`` (detection of centroids, see :func:`detection_scores`),
         and the counts ``n_pred``, ``n_gt`` — all plain Python numbers.
 
     Examples
@@ -253,6 +321,8 @@ def evaluate_instances(pred_labels: np.ndarray, gt_labels: np.ndarray, *, radius
     >>> scores = evaluate_instances(pred, gt, radius_px=1.0)
     >>> scores["aji"], scores["pq"], scores["precision"], scores["recall"]
     (0.5454545454545454, 0.4, 0.6666666666666666, 1.0)
+    >>> scores["pixel_iou"], scores["mdice"]
+    (0.5454545454545454, 0.8333333333333333)
     """
     p_index, p_areas, g_index, g_areas, t = compact_pair(pred_labels, gt_labels)
     pq = _panoptic_quality(t, 0.5)
@@ -262,7 +332,9 @@ def evaluate_instances(pred_labels: np.ndarray, gt_labels: np.ndarray, *, radius
     return {
         "pixel_accuracy": pixel_accuracy(p_index, g_index),
         "pixel_f1": pixel_f1(p_index, g_index),
+        "pixel_iou": pixel_iou(p_index, g_index),
         "object_dice": _object_dice(t),
+        "mdice": _mean_object_dice(t),
         "aji": _aji(t),
         "pq": pq["pq"],
         "dq": pq["dq"],

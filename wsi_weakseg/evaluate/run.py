@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 #: Default detection radius in µm: 6 px at 20x (0.5 µm/px), as CRC/MoNuSeg detection studies match.
 DEFAULT_RADIUS_UM = 3.0
 #: Metrics that need ground-truth masks (``None`` against points).
-MASK_METRICS = ("pixel_accuracy", "pixel_f1", "object_dice", "aji", "pq", "dq", "sq")
+MASK_METRICS = ("pixel_accuracy", "pixel_f1", "pixel_iou", "object_dice", "mdice", "aji", "pq", "dq", "sq")
 #: Detection metrics (centroids matched one-to-one within the radius).
 DETECTION_METRICS = ("precision", "recall", "f1")
 _COUNTS = ("n_pred", "n_gt", "tp", "fp", "fn")

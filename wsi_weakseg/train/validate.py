@@ -22,7 +22,7 @@ from ..model.card import ModelCard
 from .dataset import EvalItem
 
 #: Metrics averaged over images (per-image mean, as MoNuSeg reports AJI).
-MEAN_KEYS = ("aji", "object_dice", "pq", "pixel_f1", "precision", "recall", "f1")
+MEAN_KEYS = ("aji", "object_dice", "mdice", "pq", "pixel_f1", "pixel_iou", "precision", "recall", "f1")
 
 
 def validate(net: torch.nn.Module, card: ModelCard, items: Sequence[EvalItem], radius_um: float,
