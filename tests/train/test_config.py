@@ -35,7 +35,7 @@ def test_user_file_layers_over_defaults_and_resolves_spec(tmp_path):
         ({"data": {"crop": 300}}, "data.crop"),
         ({"data": {"metric": "dice"}}, "data.metric"),
         ({"data": {"crop": 100, "patch": 128}}, "data.crop"),
-        ({"recipe": "scribbles"}, "unknown recipe"),
+        ({"recipe": "lacss"}, "unknown recipe"),
         ({"optim": {"lr_schedule": "linear"}}, "optim.lr_schedule"),
         ({"points": {"ramp_epochs": 0}}, "points.ramp_epochs"),
         ({"points": {"cluster_colour": "hsv"}}, "points.cluster_colour"),

@@ -16,7 +16,7 @@ import yaml
 from ..errors import ConfigError
 
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = ("points",)
+RECIPES = ("points", "scribbles")
 
 
 def packaged_defaults(recipe: str = "points") -> dict[str, Any]:
@@ -64,12 +64,9 @@ def _check(cfg: dict[str, Any]) -> None:
             kind = "a positive integer" if integer else "a positive number"
             raise ConfigError(f"config key {path!r} must be {kind}, got {node!r}")
 
-    for p in ("data.mpp", "optim.lr", "optim.lr_gamma", "points.point_radius_um", "points.cluster_distance_um",
-              "points.centre_sigma_um", "data.radius_um", "points.crf_radius_um", "points.crf_sigma_um",
-              "points.crf_sigma_rgb"):
+    for p in ("data.mpp", "optim.lr", "optim.lr_gamma", "data.radius_um"):
         positive(p)
-    for p in ("data.patch", "data.crop", "optim.epochs", "optim.batch_size", "optim.lr_step_epochs",
-              "points.gamma_epochs", "model.width"):
+    for p in ("data.patch", "data.crop", "optim.epochs", "optim.batch_size", "optim.lr_step_epochs", "model.width"):
         positive(p, integer=True)
     if cfg["data"]["crop"] > cfg["data"]["patch"]:
         raise ConfigError("data.crop must not exceed data.patch")
@@ -77,27 +74,53 @@ def _check(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"data.metric must be 'aji' or 'f1', got {cfg['data']['metric']!r}")
     if cfg["data"]["crop"] % 32:
         raise ConfigError(f"data.crop must be a multiple of 32 (the network's stride), got {cfg['data']['crop']}")
+    if cfg["optim"]["optimizer"] not in ("adam", "radam"):
+        raise ConfigError(f"optim.optimizer must be 'adam' or 'radam', got {cfg['optim']['optimizer']!r}")
+    lo, hi = cfg["augment"]["scale"]
+    if not 0 < lo <= hi:
+        raise ConfigError("augment.scale must be [low, high] with 0 < low <= high")
+    if cfg["optim"]["lr_schedule"] not in ("step", "cosine"):
+        raise ConfigError(f"optim.lr_schedule must be 'step' or 'cosine', got {cfg['optim']['lr_schedule']!r}")
+    stain = cfg["augment"]["stain"]
+    if not (isinstance(stain, (int, float)) and not isinstance(stain, bool) and 0 <= stain < 1e6):
+        raise ConfigError(f"config key 'augment.stain' must be a number >= 0, got {stain!r}")
+    if stain >= 1:
+        raise ConfigError("augment.stain must be below 1 (it scales optical densities by U(1 - s, 1 + s))")
+    (_check_points if cfg["recipe"] == "points" else _check_scribbles)(cfg, positive)
+
+
+def _check_scribbles(cfg: dict[str, Any], positive) -> None:
+    for p in ("scribbles.width_um", "scribbles.ema_alpha", "scribbles.lam", "scribbles.centre_weight"):
+        positive(p)
+    positive("scribbles.gamma_epochs", integer=True)
+    w = cfg["scribbles"]["warmup_epochs"]
+    if not (isinstance(w, int) and not isinstance(w, bool) and w >= 0):
+        raise ConfigError(f"config key 'scribbles.warmup_epochs' must be an integer >= 0, got {w!r}")
+    if not 0.5 <= cfg["scribbles"]["tau"] < 1.0:
+        raise ConfigError(f"scribbles.tau must be in [0.5, 1), got {cfg['scribbles']['tau']!r}")
+    if cfg["scribbles"]["ema_alpha"] > 1.0:
+        raise ConfigError("scribbles.ema_alpha must be in (0, 1]")
+
+
+def _check_points(cfg: dict[str, Any], positive) -> None:
+    for p in ("points.point_radius_um", "points.cluster_distance_um", "points.centre_sigma_um",
+              "points.crf_radius_um", "points.crf_sigma_um", "points.crf_sigma_rgb"):
+        positive(p)
+    positive("points.gamma_epochs", integer=True)
     if cfg["points"]["inference_net"] not in ("a", "b", "best"):
         raise ConfigError("points.inference_net must be 'a', 'b' or 'best'")
     if not 0.0 < cfg["points"]["ema_weight"] <= 1.0:
         raise ConfigError("points.ema_weight must be in (0, 1]")
-    if cfg["optim"]["lr_schedule"] not in ("step", "cosine"):
-        raise ConfigError(f"optim.lr_schedule must be 'step' or 'cosine', got {cfg['optim']['lr_schedule']!r}")
     if cfg["points"]["ramp_epochs"] is not None:
         positive("points.ramp_epochs", integer=True)
     if cfg["points"]["cluster_colour"] not in ("h", "rgb", "rgb+h"):
         raise ConfigError(f"points.cluster_colour must be 'h', 'rgb' or 'rgb+h', got {cfg['points']['cluster_colour']!r}")
     positive("points.cluster_colour_weight")
-    for p in ("points.cluster_ring_um", "points.jitter_um", "augment.stain", "points.crf_weight"):
+    for p in ("points.cluster_ring_um", "points.jitter_um", "points.crf_weight"):
         section, key = p.split(".")
         value = cfg[section][key]
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6):
             raise ConfigError(f"config key {p!r} must be a number >= 0, got {value!r}")
-    if cfg["augment"]["stain"] >= 1:
-        raise ConfigError("augment.stain must be below 1 (it scales optical densities by U(1 - s, 1 + s))")
-    lo, hi = cfg["augment"]["scale"]
-    if not 0 < lo <= hi:
-        raise ConfigError("augment.scale must be [low, high] with 0 < low <= high")
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -132,7 +155,7 @@ def config_from_mapping(user: Mapping[str, Any], base: Path | None = None,
     if not isinstance(user, Mapping):
         raise ConfigError(f"a training config must be a mapping, got {type(user).__name__}")
     base = Path.cwd() if base is None else base
-    recipe = user.get("recipe", "points")
+    recipe = (overrides or {}).get("recipe", user.get("recipe", "points"))
     cfg = merge(packaged_defaults(recipe), user)
     if overrides:
         cfg = merge(cfg, overrides)

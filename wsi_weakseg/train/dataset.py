@@ -254,7 +254,12 @@ def load_items(path: Path) -> tuple[list[TrainItem], list[EvalItem]]:
     i = 0
     while f"train/{i}/image" in data:
         g = lambda k: data[f"train/{i}/{k}"]  # noqa: E731
-        train.append(TrainItem(str(g("name")), g("image"), g("voronoi"), g("cluster"), g("centre"), g("annotated")))
+        if f"train/{i}/scribble" in data:  # an item of the scribbles recipe
+            from .scribble_items import ScribbleItem
+
+            train.append(ScribbleItem(str(g("name")), g("image"), g("scribble")))
+        else:
+            train.append(TrainItem(str(g("name")), g("image"), g("voronoi"), g("cluster"), g("centre"), g("annotated")))
         i += 1
     i = 0
     while f"val/{i}/image" in data:

@@ -1,7 +1,9 @@
 """The training loop: epochs, sampling, checkpoints and exact resume, independent of the recipe.
 
-Every epoch draws, for each half of the co-training split, a fixed number of augmented patches from a
-permutation of its items; the only randomness comes from one numpy generator and torch's generator, both
+A recipe (:class:`Recipe`: the points recipe, the scribbles recipe) names its groups of items (``halves``:
+the points recipe's two co-training halves, the scribbles recipe's one group), gives each item's maps and
+which of them are class maps, and owns its nets, optimiser and pseudo labels. Every epoch draws, for each
+group, a fixed number of augmented patches from a permutation of its items; the only randomness comes from one numpy generator and torch's generator, both
 saved in the checkpoint written at the end of every epoch, together with the recipe's state (nets, optimiser,
 scheduler, EMA pseudo labels). Resuming therefore continues with exactly the batch the uninterrupted run
 would have drawn next.
@@ -14,6 +16,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,12 +24,28 @@ import torch
 from .augment import AugmentParams, sample_patch
 from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from .dataset import TrainItem
-from .points_recipe import PointsRecipe
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-NEAREST = frozenset({"voronoi", "cluster", "annotated"})  # class maps: resampled by nearest neighbour
+
+
+class Recipe(Protocol):
+    """What the loop needs of a recipe (see :class:`~wsi_weakseg.train.points_recipe.PointsRecipe`)."""
+
+    items: Sequence
+    halves: Mapping[str, Sequence[int]]  # groups of item indices; each step draws one batch per group
+    nets: Mapping[str, torch.nn.Module]
+    seg_nets: tuple[str, ...]  # the segmentation nets (candidates for shipping, kept per epoch)
+    nearest: frozenset[str]  # maps resampled by nearest neighbour (class maps)
+
+    def maps(self, index: int) -> dict[str, np.ndarray]: ...  # item maps, pseudo labels included
+    def begin_epoch(self, epoch: int) -> None: ...  # pseudo-label refresh, before the epoch's steps
+    def step(self, batches: Mapping[str, Mapping[str, np.ndarray]], epoch: int) -> dict[str, float]: ...
+    def end_epoch(self) -> None: ...
+    def train(self, mode: bool = True) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: Mapping) -> None: ...
 
 
 def patches_per_epoch(items: Sequence[TrainItem], patch: int) -> int:
@@ -38,30 +57,25 @@ def patches_per_epoch(items: Sequence[TrainItem], patch: int) -> int:
     return n
 
 
-def steps_per_epoch(cfg: Mapping, recipe: PointsRecipe, max_steps: int | None = None) -> int:
-    """Optimiser steps per epoch: the larger half's patch count over the batch size (capped by ``max_steps``)."""
+def steps_per_epoch(cfg: Mapping, recipe: Recipe, max_steps: int | None = None) -> int:
+    """Optimiser steps per epoch: the larger group's patch count over the batch size (capped by ``max_steps``)."""
     per_half = [patches_per_epoch([recipe.items[i] for i in idx], int(cfg["data"]["patch"])) for idx in recipe.halves.values()]
     steps = max(1, -(-max(per_half) // int(cfg["optim"]["batch_size"])))
     return min(steps, max_steps) if max_steps is not None else steps
 
 
-def _batch(rng: np.random.Generator, recipe: PointsRecipe, indices: Sequence[int], crop: int, aug: AugmentParams) -> dict:
-    images, targets = [], {"voronoi": [], "cluster": [], "centre": [], "annotated": []}
-    pseudo = []
+def _batch(rng: np.random.Generator, recipe: Recipe, indices: Sequence[int], crop: int, aug: AugmentParams) -> dict:
+    """Augmented patches of ``indices`` stacked per map; a map some items lack (pseudo labels) is left out."""
+    images, maps = [], []
     for i in indices:
-        item = recipe.items[i]
-        maps = item.targets()
-        if i in recipe.pseudo:
-            maps["pseudo"] = recipe.pseudo[i].numpy()
-        img, t = sample_patch(rng, item.image, maps, crop, aug, nearest=NEAREST)
+        img, t = sample_patch(rng, recipe.items[i].image, recipe.maps(i), crop, aug, nearest=recipe.nearest)
         images.append(img)
-        for k in targets:
-            targets[k].append(t[k])
-        if "pseudo" in t:
-            pseudo.append(t["pseudo"])
-    out = {"image": np.stack(images), **{k: np.stack(v) for k, v in targets.items()}}
-    if len(pseudo) == len(indices):
-        out["pseudo"] = np.stack(pseudo).astype(np.float32)
+        maps.append(t)
+    common = set.intersection(*(set(t) for t in maps))
+    out = {"image": np.stack(images)}
+    for k in sorted(common):
+        stacked = np.stack([t[k] for t in maps])
+        out[k] = stacked if k in recipe.nearest else stacked.astype(np.float32)
     return out
 
 
@@ -77,11 +91,11 @@ def _plain_config(cfg: Mapping) -> dict:
 
 def run(
     cfg: Mapping,
-    recipe: PointsRecipe,
+    recipe: Recipe,
     work_dir: Path,
     *,
     resume: bool = False,
-    validate: Callable[[PointsRecipe, int], dict] | None = None,
+    validate: Callable[[Recipe, int], dict] | None = None,
     on_step: Callable[[int, dict], None] | None = None,
     max_steps: int | None = None,
     after_epoch: Callable[[list[dict]], None] | None = None,
@@ -92,7 +106,7 @@ def run(
     ----------
     cfg : mapping
         Resolved config.
-    recipe : PointsRecipe
+    recipe : Recipe
     work_dir : Path
         Holds ``checkpoint.pt``.
     resume : bool
@@ -142,12 +156,10 @@ def run(
     aug = AugmentParams.from_config(cfg["augment"])
     crop, bs = int(cfg["data"]["crop"]), int(cfg["optim"]["batch_size"])
     n_epochs = int(cfg["optim"]["epochs"])
-    gamma = int(cfg["points"]["gamma_epochs"])
     steps = steps_per_epoch(cfg, recipe, max_steps)
 
     for epoch in range(start_epoch, n_epochs):
-        if epoch > 0 and epoch % gamma == 0:
-            recipe.refresh_pseudo_labels()
+        recipe.begin_epoch(epoch)
         recipe.train(True)
         order = {k: np.resize(rng.permutation(idx), steps * bs) for k, idx in recipe.halves.items()}
         losses, terms = [], {}
@@ -175,7 +187,7 @@ def run(
         if cfg["optim"].get("keep_epoch_nets"):  # for weight averaging / choosing another epoch afterwards
             (work_dir / EPOCHS_DIR).mkdir(exist_ok=True)
             save_checkpoint(work_dir / EPOCHS_DIR / f"e{epoch:02d}.pt",
-                  {"epoch": epoch, "nets": {k: recipe.nets[k].state_dict() for k in ("a", "b")}})
+                  {"epoch": epoch, "nets": {k: recipe.nets[k].state_dict() for k in recipe.seg_nets}})
         log.info("epoch %d/%d: loss %.4f", epoch + 1, n_epochs, record["loss"])
         if after_epoch is not None:
             after_epoch(history)

@@ -111,6 +111,11 @@ class PointsRecipe:
     device : torch.device
     """
 
+    seg_nets = ("a", "b")
+    nearest = frozenset({"voronoi", "cluster", "annotated"})  # class maps: resampled by nearest neighbour
+    #: Fewest training items (two disjoint co-training halves).
+    min_items = 2
+
     def __init__(self, cfg: Mapping, items: Sequence[TrainItem], normalization: Mapping, device: torch.device) -> None:
         if len(items) < 2:
             raise ValueError("the points recipe co-trains two nets on disjoint halves: it needs at least 2 items")
@@ -126,6 +131,24 @@ class PointsRecipe:
         self.scheduler = make_scheduler(self.optimizer, o)
         # EMA pseudo labels: for items of half "a", the average of net b's predictions, and vice versa.
         self.pseudo: dict[int, torch.Tensor] = {}
+
+    # -- what the loop asks ---------------------------------------------------------------------------
+    def maps(self, index: int) -> dict[str, np.ndarray]:
+        """Item ``index``'s targets and, once made, its EMA pseudo label (``pseudo``)."""
+        maps = self.items[index].targets()
+        if index in self.pseudo:
+            maps["pseudo"] = self.pseudo[index].numpy()
+        return maps
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Refresh the pseudo labels every ``points.gamma_epochs`` epochs (from the second period on)."""
+        if epoch > 0 and epoch % int(self.cfg["points"]["gamma_epochs"]) == 0:
+            self.refresh_pseudo_labels()
+
+    def candidates(self) -> tuple[str, ...]:
+        """Nets validated each epoch for shipping (``points.inference_net``: a, b or best of both)."""
+        choice = self.cfg["points"]["inference_net"]
+        return self.seg_nets if choice == "best" else (choice,)
 
     # -- pseudo labels -------------------------------------------------------------------------------
     @torch.no_grad()

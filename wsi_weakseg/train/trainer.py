@@ -31,6 +31,7 @@ from .curves import CURVES, write_curves
 from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_items
 from .loop import run, steps_per_epoch
 from .points_recipe import PointsRecipe
+from .scribbles_recipe import ScribblesRecipe
 from .tune import tune_thresholds
 from .validate import validate
 
@@ -38,6 +39,15 @@ log = logging.getLogger(__name__)
 
 BEST = "best.pt"
 LICENCE_NOTE = "weights inherit the licences of their training data (see training.data)"
+#: Recipe classes by ``cfg["recipe"]``, and what each learns from (the card's description).
+RECIPES = {"points": PointsRecipe, "scribbles": ScribblesRecipe}
+_LEARNS_FROM = {"points": "point clicks", "scribbles": "scribbles"}
+#: How instances come out of each recipe's maps (recorded in the card).
+INSTANCES = {
+    "points": "centre head trained on Gaussian bumps at the clicks; engine markers + geodesic split",
+    "scribbles": "centre head trained on the per-component normalised distance transform of the EMA mask "
+                 "(y_n > 0.5) where the pseudo label is decided; engine markers + geodesic split",
+}
 
 
 @dataclass
@@ -55,7 +65,7 @@ def model_card(cfg: Mapping, name: str, context_px: int = 64) -> ModelCard:
     return ModelCard(
         name=name, architecture="resnet34-unet", mpp=float(cfg["data"]["mpp"]),
         arch_kwargs={"width": int(cfg["model"]["width"])}, tile_size=512, context_px=context_px,
-        description=f"ResNet34-UNet trained from point clicks with the {cfg['recipe']} recipe (wsi-weakseg {__version__})",
+        description=f"ResNet34-UNet trained from {_LEARNS_FROM[cfg['recipe']]} with the {cfg['recipe']} recipe (wsi-weakseg {__version__})",
     )
 
 
@@ -71,15 +81,21 @@ def load_data(cfg: Mapping, work: Path) -> tuple[list[TrainItem], list[EvalItem]
 
     spec = load_spec(d["spec"])
     train_spec = spec.split(d["train_split"])
-    if len(train_spec) < 2:
-        raise ConfigError(f"{spec.path}: split {d['train_split']!r} has {len(train_spec)} item(s); the points recipe "
-                          "co-trains two nets on disjoint halves and needs at least 2")
-    cache = Path(d["cache_dir"]) if d["cache_dir"] else work / "label-cache"
-    train_items, summary = build_items(train_spec, cfg, cache)
+    need = RECIPES[cfg["recipe"]].min_items
+    if len(train_spec) < need:
+        raise ConfigError(f"{spec.path}: split {d['train_split']!r} has {len(train_spec)} item(s); the "
+                          f"{cfg['recipe']} recipe needs at least {need}")
+    if cfg["recipe"] == "scribbles":
+        from .scribble_items import build_scribble_items
+
+        train_items, summary = build_scribble_items(train_spec, cfg)
+    else:
+        cache = Path(d["cache_dir"]) if d["cache_dir"] else work / "label-cache"
+        train_items, summary = build_items(train_spec, cfg, cache)
     val_items = build_eval_items(spec.split(d["validation_split"]), float(d["mpp"]))
     if not val_items:
-        log.warning("split %r is empty: training without validation; the last epoch's net %r is shipped",
-                    d["validation_split"], cfg["points"]["inference_net"])
+        log.warning("split %r is empty: training without validation; the last epoch's net is shipped",
+                    d["validation_split"])
     return train_items, val_items, summary
 
 
@@ -116,7 +132,7 @@ def train(
     on_step: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> TrainResult:
-    """Train a model with the points recipe and write it to ``out_dir``.
+    """Train a model with the recipe ``cfg["recipe"]`` (:data:`RECIPES`) and write it to ``out_dir``.
 
     Parameters
     ----------
@@ -157,20 +173,19 @@ def train(
     train_items, val_items, summary = data if data is not None else load_data(cfg, work)
     card = model_card(cfg, out_dir.name)
     torch.manual_seed(int(cfg["seed"]))  # network initialisation (the loop seeds sampling and dropout-free training)
-    recipe = PointsRecipe(cfg, train_items, card.normalization, dev)
+    recipe = RECIPES[cfg["recipe"]](cfg, train_items, card.normalization, dev)
     metric = cfg["data"]["metric"]
     if metric == "aji" and val_items and all(v.labels is None for v in val_items):
         log.warning("no validation item has a label map: model selection uses detection F1")
         metric = "f1"
-    choice = cfg["points"]["inference_net"]
-    nets = ("a", "b") if choice == "best" else (choice,)
+    nets = recipe.candidates()
 
     best: dict | None = None
     if resume and (work / BEST).is_file():
         saved = load_checkpoint(work / BEST)
         best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
 
-    def validate_epoch(rec: PointsRecipe, epoch: int) -> dict:
+    def validate_epoch(rec, epoch: int) -> dict:
         nonlocal best
         if not val_items:
             return {}
@@ -206,7 +221,7 @@ def train(
         best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
         metrics = saved["validation"]
     else:
-        fallback = "a" if choice == "best" else choice
+        fallback = nets[0]
         net.load_state_dict(recipe.nets[fallback].state_dict())
         best = {"epoch": history[-1]["epoch"] if history else None, "net": fallback, "value": None, "metric": None}
         metrics = None
@@ -218,7 +233,7 @@ def train(
         metrics = validate(net, card, val_items, cfg["data"]["radius_um"], "cpu")
     card.metrics = metrics
     card.training = {
-        "recipe": cfg["recipe"], "config": json.loads(json.dumps(cfg, default=str)),
+        "recipe": cfg["recipe"], "instances": INSTANCES[cfg["recipe"]], "config": json.loads(json.dumps(cfg, default=str)),
         "data": summary, "n_train": len(train_items), "n_validation": len(val_items),
         "shipped": best, "thresholds_tuning": tuning, "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
         "wall_s": round(time.perf_counter() - t0, 1), "history": history, "licence": LICENCE_NOTE,

@@ -71,3 +71,36 @@ def jitter_points(points_rc: np.ndarray, radius: float, seed: int) -> np.ndarray
     r = radius * np.sqrt(rng.uniform(0.0, 1.0, len(pts)))
     theta = rng.uniform(0.0, 2.0 * np.pi, len(pts))
     return pts + np.stack([r * np.sin(theta), r * np.cos(theta)], axis=1)
+
+
+def distance_centres(mask: np.ndarray) -> np.ndarray:
+    """Centre targets from a foreground mask: each component's distance transform over its own maximum.
+
+    The scribbles recipe's centre target (scribbles give no centres): for every 8-connected component of
+    ``mask``, the Euclidean distance of its pixels to the nearest background pixel divided by the largest such
+    distance in the component, so every component peaks at 1 on its medial axis and falls to ``1 / max``
+    on its rim; 0 off the mask. Touching nuclei merged into one component keep a peak in each lobe and a
+    valley at the neck, which the engine's geodesic rule splits along.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (H, W)
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W)
+
+    Examples
+    --------
+    >>> m = np.zeros((5, 7), bool); m[1:4, 1:4] = True; m[2, 5] = True
+    >>> distance_centres(m)[2]
+    array([0. , 0.5, 1. , 0.5, 0. , 1. , 0. ], dtype=float32)
+    """
+    mask = np.asarray(mask, bool)
+    dist = ndi.distance_transform_edt(mask)
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros(mask.shape, np.float32)
+    peak = ndi.maximum(dist, labels, np.arange(1, n + 1))
+    scale = np.concatenate([[1.0], np.asarray(peak, np.float64)])
+    return (dist / scale[labels]).astype(np.float32)
