@@ -1,4 +1,4 @@
-"""``wsi-weakseg train``: train a nuclei model from QuPath point clicks (the points recipe)."""
+"""``wsi-weakseg train``: train a nuclei model from QuPath point clicks or scribbles (the config's ``recipe``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import sys
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a model from QuPath point exports (points recipe)",
-        description="Train two co-trained ResNet34-UNets from point clicks (configs/train-points.yaml) and write "
-        "a model folder that `segment --model` loads. A checkpoint is written every epoch; --resume continues it.",
+        help="train a model from QuPath point clicks or scribbles (recipe: points | scribbles)",
+        description="Train from point clicks (recipe: points, two co-trained ResNet34-UNets; "
+        "wsi_weakseg/configs/train-points.yaml) or from scribbles (recipe: scribbles, Scribble2Label; "
+        "train-scribbles.yaml) and write a model folder that `segment --model` loads. A checkpoint is written "
+        "every epoch; --resume continues it.",
     )
     p.add_argument("--config", required=True, help="training config YAML (layered over the packaged defaults)")
     p.add_argument("--out", required=True, help="model folder to write")
