@@ -16,6 +16,7 @@ is the loop's (:mod:`wsi_weakseg.train.loop`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,8 +25,16 @@ from torch.nn import functional as F
 from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
 from .dataset import TrainItem
 from .losses import (
-    binary_kl, colorization_loss, ema_update, masked_bce, masked_mean, pairwise_crf_loss, pseudo_target, ramp_weights,
+    binary_kl,
+    colorization_loss,
+    ema_update,
+    masked_bce,
+    masked_mean,
+    pairwise_crf_loss,
+    pseudo_target,
+    ramp_weights,
 )
+from .recipe_state import RecipeState
 
 
 class Colorizer(nn.Module):
@@ -97,7 +106,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Mapping) -> torc
     return torch.optim.lr_scheduler.StepLR(optimizer, optim_cfg["lr_step_epochs"], optim_cfg["lr_gamma"])
 
 
-class PointsRecipe:
+class PointsRecipe(RecipeState):
     """Losses, pseudo labels and optimiser of the points recipe.
 
     Parameters
@@ -215,26 +224,3 @@ class PointsRecipe:
         p, mpp = self.cfg["points"], float(self.cfg["data"]["mpp"])
         radius = max(1, round(p["crf_radius_um"] / mpp))
         return pairwise_crf_loss(prob, rgb, radius, p["crf_sigma_um"] / mpp, p["crf_sigma_rgb"])
-
-    def end_epoch(self) -> None:
-        self.scheduler.step()
-
-    # -- state ---------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "nets": {k: v.state_dict() for k, v in self.nets.items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "pseudo": {int(i): t.clone() for i, t in self.pseudo.items()},
-        }
-
-    def load_state_dict(self, state: Mapping) -> None:
-        for k, v in state["nets"].items():
-            self.nets[k].load_state_dict(v)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.pseudo = {int(i): t.clone() for i, t in state["pseudo"].items()}
-
-    def train(self, mode: bool = True) -> None:
-        for net in self.nets.values():
-            net.train(mode)

@@ -26,6 +26,7 @@ from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
 from ..weak.centres import distance_centres
 from .losses import ema_update, masked_mean, partial_ce, pseudo_labels, unlabelled_ce
 from .points_recipe import make_scheduler, to_tensor
+from .recipe_state import RecipeState
 from .scribble_items import ScribbleItem
 
 NET = "net"
@@ -37,7 +38,7 @@ def make_optimizer(params, optim_cfg: Mapping) -> torch.optim.Optimizer:
     return cls(params, lr=optim_cfg["lr"], weight_decay=optim_cfg["weight_decay"])
 
 
-class ScribblesRecipe:
+class ScribblesRecipe(RecipeState):
     """Losses, EMA pseudo labels and optimiser of the scribbles recipe (one net, one group of items)."""
 
     seg_nets = (NET,)
@@ -122,22 +123,5 @@ class ScribblesRecipe:
         logs["loss"] = float(total.detach())
         return logs
 
-    def end_epoch(self) -> None:
-        self.scheduler.step()
-
-    # -- state ---------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"nets": {k: v.state_dict() for k, v in self.nets.items()}, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "pseudo": {int(i): t.clone() for i, t in self.pseudo.items()}}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        for k, v in state["nets"].items():
-            self.nets[k].load_state_dict(v)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.pseudo = {int(i): t.clone() for i, t in state["pseudo"].items()}
+    def _after_load(self) -> None:
         self._derived.clear()
-
-    def train(self, mode: bool = True) -> None:
-        for net in self.nets.values():
-            net.train(mode)
