@@ -10,6 +10,7 @@ from skimage.draw import disk, ellipse
 
 from wsi_weakseg.errors import ConfigError
 from wsi_weakseg.weak.scribbles import read_scribbles, scribble_label
+from wsi_weakseg.weak.spec import load_spec
 from wsi_weakseg.weak.simulate_scribbles import FRACTIONS, simulate_scribbles, skeleton_chains
 from wsi_weakseg.weak.voronoi import BACKGROUND, NUCLEUS
 
@@ -82,13 +83,15 @@ def test_script_writes_scribbles_for_training_items_from_a_masks_folder(shared_d
     from pathlib import Path
 
     mon = shared_data / "monuseg-train"
-    stems = sorted(p.stem for p in (mon / "images").glob("*.png"))[:2]
+    stems = sorted(p.stem for p in (mon / "images").glob("*.png"))[:4]
     spec = tmp_path / "spec.yaml"
+    splits = ["train", "train", "validation", "test"]
     spec.write_text("items:\n" + "".join(
-        f"- image: {mon / 'images' / s}.png\n  points: {mon / 'points' / s}.geojson\n  mpp: 0.25\n  split: train\n"
-        for s in stems))
+        f"- image: {mon / 'images' / s}.png\n  points: {mon / 'points' / s}.geojson\n  mpp: 0.25\n  split: {split}\n"
+        + (f"  labels: {mon / 'labels' / s}.png\n" if split != "train" else "")
+        for s, split in zip(stems, splits)))
     script = Path(__file__).resolve().parents[2] / "scripts" / "simulate_scribbles.py"
-    argv = [str(script), str(spec), "--out", str(tmp_path / "out"), "--masks", str(mon / "labels"), "--fractions", "0.3"]
+    argv = [str(script), str(spec), "--out", str(tmp_path / "out"), "--masks", str(mon / "labels"), "--fractions", "0.3", "--specs"]
     old, sys.argv = sys.argv, argv
     try:
         with pytest.raises(SystemExit) as done:
@@ -97,7 +100,14 @@ def test_script_writes_scribbles_for_training_items_from_a_masks_folder(shared_d
         sys.argv = old
     assert done.value.code == 0
     written = sorted(p.stem for p in (tmp_path / "out" / "30").glob("*.geojson"))
-    assert written == stems
+    assert written == stems[:2]  # training items only: validation and test masks never feed the simulator
+    scrib, points = load_spec(tmp_path / "out" / "30" / "spec.yaml"), load_spec(tmp_path / "out" / "points" / "spec.yaml")
+    for built in (scrib, points):
+        assert [i.image.stem for i in built.split("train")] == stems[:2]
+        assert [(i.image.stem, i.labels.stem) for i in built.split("validation")] == [(stems[2], stems[2])]
+        assert built.split("test") == ()
+    assert all(i.points is None and i.scribbles.parent.name == "30" for i in scrib.split("train"))
+    assert all(i.scribbles is None and i.points.stem == i.image.stem for i in points.split("train"))
     s = read_scribbles(tmp_path / "out" / "30" / f"{stems[0]}.geojson", image_size=(1000, 1000))
     raster = scribble_label(s, (1000, 1000), level0_mpp=0.25, mpp=0.25, width_um=0.25)
     assert (raster.labels == NUCLEUS).sum() > 500 and (raster.labels == BACKGROUND).sum() > 500
