@@ -48,3 +48,57 @@ def test_labels_missing_spec_exits_2(tmp_path: Path, capsys):
     assert main(["labels", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "out")]) == 2
     assert "data spec not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_labels_of_a_scribbles_item_show_strokes_and_the_trained_pseudo_label(tmp_path: Path, capsys):
+    """Strokes tile = the image with exactly the rasterised strokes tinted; pseudo tile = the run's EMA thresholded."""
+    import torch
+
+    from wsi_weakseg.cli_labels import _overlay
+    from wsi_weakseg.demo import synthetic_he
+    from wsi_weakseg.train.scribble_items import build_scribble_items
+    from wsi_weakseg.train.trainer import train
+
+    rgb, _ = synthetic_he(size=(64, 64), mpp=0.5, seed=3)
+    Image.fromarray(rgb).save(tmp_path / "im.png")
+    line = lambda cls, pts: {"type": "Feature", "geometry": {"type": "LineString", "coordinates": pts},  # noqa: E731
+                             "properties": {"objectType": "annotation", "classification": {"name": cls}}}
+    fc = {"type": "FeatureCollection", "features": [line("Nucleus", [[10.2, 20.3], [40.1, 22.7]]),
+                                                    line("Background", [[5.5, 50.2], [60.3, 55.1]])]}
+    (tmp_path / "s.geojson").write_text(json.dumps(fc))
+    (tmp_path / "spec.yaml").write_text("items:\n- image: im.png\n  scribbles: s.geojson\n  mpp: 0.5\n")
+    cfg = load_config(overrides={
+        "recipe": "scribbles", "model": {"width": 8}, "data": {"patch": 64, "crop": 64},
+        "optim": {"epochs": 2, "batch_size": 1}, "scribbles": {"warmup_epochs": 1, "gamma_epochs": 1, "tau": 0.6}})
+    items, summary = build_scribble_items(load_spec(tmp_path / "spec.yaml").items, cfg)
+    train(cfg, tmp_path / "m", progress=False, max_steps=1, data=(items, [], summary))
+
+    assert main(["labels", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    panel = np.asarray(Image.open(tmp_path / "out" / "im.png"))
+    assert panel.shape == (64, 3 * 64 + 2 * 4, 3)
+    np.testing.assert_array_equal(panel[:, :64], rgb)
+    scribble = items[0].scribble
+    assert (scribble == 1).sum() > 20 and (scribble == 0).sum() > 20
+    np.testing.assert_array_equal(panel[:, 68:132], _overlay(rgb, scribble, alpha=0.8))
+    ema = torch.load(tmp_path / "m" / "training" / "checkpoint.pt", weights_only=True)["recipe"]["pseudo"][0].numpy()
+    expected = np.where(ema > 0.6, 1, np.where(ema < 0.4, 0, 2))
+    np.testing.assert_array_equal(panel[:, 136:], _overlay(rgb, expected))
+    row = json.loads((tmp_path / "out" / "labels.json").read_text())["items"][0]
+    assert row["pseudo"]["nucleus"] == float(np.mean(expected == 1)) and row["scribble"]["nucleus"] == float(np.mean(scribble == 1))
+
+
+def test_labels_model_that_is_not_a_scribbles_run_exits_2(shared_data: Path, tmp_path: Path, capsys):
+    from wsi_weakseg.model.card import resolve_model_dir
+
+    m = shared_data / "monuseg-train"
+    name = sorted(p.stem for p in (m / "images").glob("*.png"))[0]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"items": [{"image": str(m / "images" / f"{name}.png"), "mpp": 0.25,
+                                           "points": str(m / "points" / f"{name}.geojson")}]}))
+    for model, message in ((resolve_model_dir("nuclei-points-v2"), "not a scribbles training run"),
+                           (tmp_path, "no card.json")):
+        assert main(["labels", str(spec), "-o", str(tmp_path / "out"), "--model", str(model)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()

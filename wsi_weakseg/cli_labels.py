@@ -1,14 +1,19 @@
-"""``wsi-weakseg labels SPEC -o DIR``: overlays of what the points recipe believes, one panel per item.
+"""``wsi-weakseg labels SPEC -o DIR``: overlays of the weak labels a recipe trains on, one panel per item.
 
-Each item gets ``<name>.png``: the working-resolution image, then the Voronoi label, the cluster label and
+A points item gets ``<name>.png``: the working-resolution image, then the Voronoi label, the cluster label and
 the centre heatmap drawn over it (green = nucleus, red = background, uncoloured = ignored; yellow = centre
-heatmap; white crosses = clicks). ``labels.json`` lists per-item fractions of each class.
+heatmap; white crosses = clicks). A scribbles item (``scribbles`` and no ``points``) gets the image and its
+rasterised strokes and, with ``--model`` (a scribbles run's folder), the pseudo label of its EMA after the
+last epoch (nucleus where ``y_n > tau``, background where ``1 - y_n > tau``). ``labels.json`` lists per-item
+fractions of each class.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from .errors import ConfigError
 
 COLOURS = {0: (230, 40, 40), 1: (40, 200, 60)}  # background red, nucleus green; 2 (ignored) left as is
 
@@ -19,6 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="folder for <item>.png panels and labels.json")
     p.add_argument("--config", help="training config whose points.* / data.mpp settings to use (default: packaged)")
     p.add_argument("--split", help="only items of this split (train, validation, test)")
+    p.add_argument("--model", help="a scribbles run's model folder: add its pseudo labels to scribbles items")
 
 
 def _overlay(rgb, label, alpha: float = 0.45):
@@ -48,21 +54,72 @@ def panel(rgb, targets, points_rc):
     return np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
 
 
+def scribble_panel(rgb, scribble, pseudo=None):
+    """[image | strokes | pseudo label] side by side (the last only when ``pseudo`` is given)."""
+    import numpy as np
+
+    tiles = [rgb, _overlay(rgb, scribble, alpha=0.8)] + ([] if pseudo is None else [_overlay(rgb, pseudo)])
+    gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
+
+
+def _fractions(label) -> dict:
+    import numpy as np
+
+    return {cls: float(np.mean(label == v)) for v, cls in enumerate(("background", "nucleus", "ignored"))}
+
+
+def _points_row(item, cfg):
+    import numpy as np
+
+    from .train.dataset import derive_targets, label_params, read_item
+
+    r = read_item(item, float(cfg["data"]["mpp"]))
+    t = derive_targets(r.image, r.points_rc, r.annotated, label_params(cfg, r.mpp))
+    row = {"name": r.name, "mpp": r.mpp, "shape": list(r.image.shape[:2]), **r.info,
+           "voronoi": _fractions(t["voronoi"]), "cluster": _fractions(t["cluster"])}
+    row["stain_matrix"] = np.round(t["stain"], 4).tolist()
+    return panel(r.image, t, r.points_rc), row
+
+
+def _scribbles_row(item, cfg, pseudo):
+    import numpy as np
+
+    from .train.scribble_items import read_scribble_item
+
+    it, row = read_scribble_item(item, float(cfg["data"]["mpp"]), float(cfg["scribbles"]["width_um"]))
+    row["scribble"] = _fractions(it.scribble)
+    label = None
+    if pseudo is not None and it.name in pseudo[0]:
+        ema, tau = pseudo[0][it.name], pseudo[1]
+        if ema.shape != it.scribble.shape:
+            raise ConfigError(f"{it.name}: the model's pseudo label is {ema.shape[1]}x{ema.shape[0]} px but the item "
+                              f"reads {it.scribble.shape[1]}x{it.scribble.shape[0]}; give the run's own config (--config)")
+        label = np.where(ema > tau, 1, np.where(1 - ema > tau, 0, 2)).astype(np.uint8)
+        row["pseudo"] = _fractions(label)
+    return scribble_panel(it.image, it.scribble, label), row
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import tempfile
     from pathlib import Path
 
-    import numpy as np
     from PIL import Image
 
     from .errors import OutputError
     from .train.config import load_config
-    from .train.dataset import derive_targets, label_params, read_item
     from .weak.spec import load_spec
 
     cfg = load_config(args.config)
     spec = load_spec(args.spec)
+    # a points config (the default) has no scribbles.* settings: scribbles items then use the packaged ones
+    strokes_cfg = cfg if "scribbles" in cfg else None
+    pseudo = None
+    if args.model:
+        from .train.scribbles_recipe import pseudo_from_model
+
+        pseudo = pseudo_from_model(args.model)
     items = spec.split(args.split) if args.split else spec.items
     out = Path(args.output)
     try:
@@ -71,16 +128,15 @@ def run(args: argparse.Namespace) -> int:
         raise OutputError(f"cannot create output folder {out}: {exc}") from None
     summary = []
     for item in items:
-        r = read_item(item, float(cfg["data"]["mpp"]))
-        t = derive_targets(r.image, r.points_rc, r.annotated, label_params(cfg, r.mpp))
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{r.name}.", suffix=".png")
+        if item.points is None and item.scribbles is not None:
+            strokes_cfg = strokes_cfg or load_config(overrides={"recipe": "scribbles", "data": {"mpp": cfg["data"]["mpp"]}})
+            image, row = _scribbles_row(item, strokes_cfg, pseudo)
+        else:
+            image, row = _points_row(item, cfg)
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{row['name']}.", suffix=".png")
         os.close(fd)
-        Image.fromarray(panel(r.image, t, r.points_rc)).save(tmp, format="PNG")
-        os.replace(tmp, out / f"{r.name}.png")
-        row = {"name": r.name, "mpp": r.mpp, "shape": list(r.image.shape[:2]), **r.info}
-        for key in ("voronoi", "cluster"):
-            row[key] = {cls: float(np.mean(t[key] == v)) for v, cls in enumerate(("background", "nucleus", "ignored"))}
-        row["stain_matrix"] = np.round(t["stain"], 4).tolist()
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, out / f"{row['name']}.png")
         summary.append(row)
     (out / "labels.json").write_text(json.dumps({"spec": str(spec.path), "items": summary}, indent=2) + "\n")
     print(json.dumps({"items": len(summary), "output": str(out)}))

@@ -125,3 +125,37 @@ class ScribblesRecipe(RecipeState):
 
     def _after_load(self) -> None:
         self._derived.clear()
+
+
+def pseudo_from_model(model_dir) -> tuple[dict[str, np.ndarray], float]:
+    """The EMA ``y_n`` of each training item of a scribbles run, by item name, and its ``tau``.
+
+    Read from ``model_dir/training/checkpoint.pt`` (the last epoch's state; tensors only, never unpickled
+    objects) and matched to names through the card's ``training.data`` rows, which list the training items in
+    the recipe's order.
+
+    Raises
+    ------
+    ConfigError
+        ``model_dir`` holds no card or checkpoint of a scribbles run.
+    """
+    import json
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from .checkpoint import load_checkpoint
+    from .loop import CHECKPOINT
+
+    folder = Path(model_dir)
+    try:
+        training = json.loads((folder / "card.json").read_text())["training"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{folder}: no card.json of a trained model; give the --out folder of `train`") from None
+    ckpt = folder / "training" / CHECKPOINT
+    if training.get("recipe") != "scribbles" or not ckpt.is_file():
+        raise ConfigError(f"{folder}: not a scribbles training run with its checkpoint "
+                          f"(training/{CHECKPOINT}); pseudo labels exist only for recipe: scribbles")
+    state = load_checkpoint(ckpt)
+    names = [row["name"] for row in training["data"]]
+    pseudo = {names[int(i)]: t.numpy() for i, t in state["recipe"]["pseudo"].items()}
+    return pseudo, float(state["config"]["scribbles"]["tau"])
