@@ -135,3 +135,12 @@ def test_training_redraws_curves_every_epoch(tmp_path: Path, monkeypatch):
 @pytest.mark.parametrize("bad", [[{"loss": 1.0}]])
 def test_malformed_history_does_not_raise(tmp_path: Path, bad):
     assert write_curves(bad, tmp_path / CURVES) is None  # no "epoch": logged, not raised
+
+
+def test_nine_metrics_get_nine_distinct_styles():
+    """Past the seventh metric colours repeat, so the marker must tell them apart (mdice, pixel_iou)."""
+    names = [*curves.METRICS, "mdice", "pixel_iou"]
+    styles = curves.metric_styles(names)
+    assert len(set(styles.values())) == len(names)
+    assert styles["aji"] == (curves._rgb(curves.COLOURS[0]), ".")
+    assert styles["mdice"] == (curves._rgb(curves.COLOURS[0]), "x")

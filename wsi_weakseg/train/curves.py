@@ -33,6 +33,8 @@ COLOURS = tuple(OKABE_ITO[k] for k in ("blue", "vermillion", "green", "purple", 
 #: Validation metrics in the order they are drawn (the card's ``metrics.mean`` keys).
 METRICS = ("aji", "f1", "pq", "object_dice", "pixel_f1", "precision", "recall")
 NET_STYLE = {"a": "-", "b": "--"}
+#: Markers per pass through ``COLOURS``: metrics beyond the seventh keep a colour but change marker.
+MARKERS = (".", "x", "^", "s")
 
 
 def _rgb(c: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -103,19 +105,26 @@ def _add_net_handles(handles: list, nets: set[str]) -> None:
         handles += [Line2D([], [], color="grey", ls=NET_STYLE.get(n, "-"), label=f"net {n}") for n in sorted(nets)]
 
 
+def metric_styles(metrics: Sequence[str]) -> dict[str, tuple[tuple[float, float, float], str]]:
+    """A distinct (colour, marker) per metric: colours cycle, the marker changes on each cycle."""
+    n = len(COLOURS)
+    return {m: (_rgb(COLOURS[i % n]), MARKERS[(i // n) % len(MARKERS)]) for i, m in enumerate(metrics)}
+
+
 def _draw_metrics(ax, epochs: np.ndarray, history: Sequence[Mapping], best: Mapping | None) -> None:
     from matplotlib.lines import Line2D
 
     series = metric_series(history)
     metrics = list(dict.fromkeys(m for _, m in series))
-    colour = {m: _rgb(COLOURS[i % len(COLOURS)]) for i, m in enumerate(metrics)}
+    style = metric_styles(metrics)
     for (net, m), y in series.items():
-        ax.plot(epochs, y, color=colour[m], ls=NET_STYLE.get(net, "-"), lw=1.2, marker=".", ms=4, label=f"{net}/{m}")
+        ax.plot(epochs, y, color=style[m][0], ls=NET_STYLE.get(net, "-"), lw=1.2, marker=style[m][1], ms=4,
+                label=f"{net}/{m}")
     ax.set(xlabel="epoch (from 0)", ylabel="validation score (mean over images, 0-1)", title="validation")
     if not series:
         ax.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax.transAxes)
         return
-    handles = [Line2D([], [], color=colour[m], lw=1.2, label=m) for m in metrics]
+    handles = [Line2D([], [], color=style[m][0], marker=style[m][1], lw=1.2, label=m) for m in metrics]
     _add_net_handles(handles, {n for n, _ in series})
     if best and best.get("epoch") is not None and best.get("value") is not None:
         ax.plot([best["epoch"]], [best["value"]], marker="*", ms=13, color="black", ls="none", label="shipped")
