@@ -76,8 +76,10 @@ def test_refresh_is_the_papers_ema_and_targets_follow_it():
     scribbled = recipe.items[0].scribble != 2
     assert np.array_equal(maps["pseudo"][~scribbled & (ema > tau)], np.ones(((~scribbled) & (ema > tau)).sum()))
     assert (maps["pseudo"][scribbled] == 2).all()
-    assert np.array_equal(maps["decided"] == 1, (ema > tau) | (1 - ema > tau))
-    assert (maps["centre"][ema <= 0.5] == 0).all()
+    assert np.array_equal(maps["decided"] == 1, (ema > tau) | (1 - ema > tau) | scribbled)
+    strokes = recipe.items[0].scribble
+    assert (maps["centre"][((ema <= 0.5) & (strokes != 1)) | (strokes == 0)] == 0).all()
+    assert (maps["centre"][strokes == 1] > 0).all()
 
 
 def test_short_run_decreases_the_scribbled_loss(tmp_path):
