@@ -41,7 +41,7 @@ def fit_dense(
             x0 = int(rng.integers(0, images[i].shape[1] - crop + 1))
             xs.append(images[i][y0 : y0 + crop, x0 : x0 + crop])
             ys.append(targets[i][:, y0 : y0 + crop, x0 : x0 + crop])
-        x = (torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        x = ((torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255.0 - mean) / std).contiguous()  # see train.points_recipe.to_tensor
         return x, torch.from_numpy(np.stack(ys).astype(np.float32))
 
     head = getattr(net, "head", None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -98,8 +98,22 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:
-    """The FastAPI application serving ``cfg``."""
+    """The FastAPI application serving ``cfg``: error handlers, then the routes (all but /health guarded)."""
     app = FastAPI(title="wsi-weakseg", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    guarded = [Depends(_auth_dependency(cfg))]
+    for router in (_catalogue_routes(cfg), _submit_routes(cfg), _job_routes(cfg)):
+        app.include_router(router, dependencies=guarded)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error becomes ``{"error", "message"}`` JSON; typed errors map to their status (:data:`STATUS`)."""
 
     @app.exception_handler(WsiWeaksegError)
     async def _typed(request: Request, exc: WsiWeaksegError) -> JSONResponse:
@@ -124,101 +138,139 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _error(500, type(exc).__name__, f"unexpected {type(exc).__name__}: {exc}; see the server log and report it")
 
+
+def _auth_dependency(cfg: ServeConfig):
+    """A dependency that answers 401 unless the request carries the server's bearer token."""
+
     def auth(request: Request) -> None:
         if not token_matches(request.headers.get("authorization"), cfg.token):
             raise ApiError(401, "Unauthorized", "send the server's token as 'Authorization: Bearer <token>' "
                            "(from --token-file, WSI_WEAKSEG_TOKEN, or printed when the server started)")
 
-    guarded = [Depends(auth)]
+    return auth
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__}
 
-    @app.get("/v1/models", dependencies=guarded)
+def _catalogue_routes(cfg: ServeConfig) -> APIRouter:
+    """``GET /v1/models`` and ``GET /v1/slides``: what a client may ask for."""
+    router = APIRouter()
+
+    @router.get("/v1/models")
     def models() -> dict[str, Any]:
         return {"models": cfg.models.describe(), "default": cfg.models.default}
 
-    @app.get("/v1/slides", dependencies=guarded)
+    @router.get("/v1/slides")
     def slides() -> dict[str, Any]:
         return {"slides": [_slide_entry(cfg, name, path) for name, path in cfg.roots.list()]}
 
-    @app.post("/v1/segment", dependencies=guarded, status_code=202)
-    async def segment(request: Request) -> JSONResponse:
-        body = await read_json(request, cfg.max_body)
-        unknown = sorted(set(body) - {"slide", "roi", "model", "mpp"})
-        if unknown:
-            raise ApiError(400, "BadRequest", f"unknown fields {unknown}; a segment request has slide, roi, model, mpp")
-        path = cfg.roots.resolve(body.get("slide"))
-        model = body.get("model") or cfg.models.default
-        cfg.models.ref(model)  # unknown model: 400 now, not a failed job later
-        mpp = body.get("mpp")
-        if mpp is not None and not (isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and 0 < mpp < 1e3):
-            raise ApiError(400, "BadRequest", f"'mpp' must be a positive number of µm per pixel, got {mpp!r}")
-        if "roi" not in body:
-            raise ApiError(400, "BadRequest", "a segment request needs 'roi': a GeoJSON Polygon or [x, y, w, h]")
-        job = Job(id=new_id(), slide=body["slide"], slide_path=str(path), model=model,
-                  mpp=None if mpp is None else float(mpp))
-        folder = cfg.store.folder(job.id)
-        folder.mkdir(parents=True)
-        try:
-            write_roi(body["roi"], folder / "roi.geojson")
-            cfg.runner.submit(job)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        log.info("job %s queued: %s (%s)", job.id, job.slide, model)
-        return JSONResponse({"job": job.id, "state": job.state}, status_code=202,
-                            headers={"Location": f"/v1/jobs/{job.id}"})
+    return router
 
-    @app.post("/v1/train", dependencies=guarded, status_code=202)
+
+def _submit_routes(cfg: ServeConfig) -> APIRouter:
+    """``POST /v1/segment`` and ``POST /v1/train``: validate the body now (400 / 403 / 404), queue the job (202)."""
+    router = APIRouter()
+
+    @router.post("/v1/segment", status_code=202)
+    async def segment(request: Request) -> JSONResponse:
+        job = _segment_job(cfg, await read_json(request, cfg.max_body))
+        log.info("job %s queued: %s (%s)", job.id, job.slide, job.model)
+        return _accepted(job, {})
+
+    @router.post("/v1/train", status_code=202)
     async def train(request: Request) -> JSONResponse:
         body = await read_json(request, cfg.max_body)
         if cfg.trainer is None:
             raise ApiError(404, "HTTPError", "this server does not train models")
-        try:
-            config, spec = prepare_training(body, cfg.roots, cfg.device)
-        except UserInputError as exc:  # the spec's files are named relative to their root, never by server path
-            raise type(exc)(hide_paths(str(exc), cfg.roots.paths)) from None
-        name = cfg.models.claim(body.get("name"))  # 400 / 409
-        job = Job(id=new_id(), model=name, kind="train",
-                  detail={"epochs": int(config["optim"]["epochs"]), "epochs_done": 0, "history": []})
-        try:
-            cfg.trainer.submit(job, config, spec)
-        except BaseException:
-            cfg.models.release(name)
-            raise
-        log.info("train job %s queued: model %r, %d epochs", job.id, name, config["optim"]["epochs"])
-        return JSONResponse({"job": job.id, "state": job.state, "model": name}, status_code=202,
-                            headers={"Location": f"/v1/jobs/{job.id}"})
+        job = _train_job(cfg, body)
+        log.info("train job %s queued: model %r, %d epochs", job.id, job.model, job.detail["epochs"])
+        return _accepted(job, {"model": job.model})
 
-    @app.get("/v1/jobs", dependencies=guarded)
+    return router
+
+
+def _accepted(job: Job, extra: dict[str, Any]) -> JSONResponse:
+    return JSONResponse({"job": job.id, "state": job.state, **extra}, status_code=202,
+                        headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+def _segment_job(cfg: ServeConfig, body: dict[str, Any]) -> Job:
+    """Check a segment request, write its ROI into the job folder and submit the job (no folder on failure)."""
+    unknown = sorted(set(body) - {"slide", "roi", "model", "mpp"})
+    if unknown:
+        raise ApiError(400, "BadRequest", f"unknown fields {unknown}; a segment request has slide, roi, model, mpp")
+    path = cfg.roots.resolve(body.get("slide"))
+    model = body.get("model") or cfg.models.default
+    cfg.models.ref(model)  # unknown model: 400 now, not a failed job later
+    mpp = body.get("mpp")
+    if mpp is not None and not (isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and 0 < mpp < 1e3):
+        raise ApiError(400, "BadRequest", f"'mpp' must be a positive number of µm per pixel, got {mpp!r}")
+    if "roi" not in body:
+        raise ApiError(400, "BadRequest", "a segment request needs 'roi': a GeoJSON Polygon or [x, y, w, h]")
+    job = Job(id=new_id(), slide=body["slide"], slide_path=str(path), model=model,
+              mpp=None if mpp is None else float(mpp))
+    folder = cfg.store.folder(job.id)
+    folder.mkdir(parents=True)
+    try:
+        write_roi(body["roi"], folder / "roi.geojson")
+        cfg.runner.submit(job)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return job
+
+
+def _train_job(cfg: ServeConfig, body: dict[str, Any]) -> Job:
+    """Check a train request (config + spec confined to the roots), claim the model name, submit the job."""
+    try:
+        config, spec = prepare_training(body, cfg.roots, cfg.device)
+    except UserInputError as exc:  # the spec's files are named relative to their root, never by server path
+        raise type(exc)(hide_paths(str(exc), cfg.roots.paths)) from None
+    name = cfg.models.claim(body.get("name"))  # 400 / 409
+    job = Job(id=new_id(), model=name, kind="train",
+              detail={"epochs": int(config["optim"]["epochs"]), "epochs_done": 0, "history": []})
+    try:
+        cfg.trainer.submit(job, config, spec)
+    except BaseException:
+        cfg.models.release(name)
+        raise
+    return job
+
+
+def _job_routes(cfg: ServeConfig) -> APIRouter:
+    """List, inspect, cancel jobs and fetch a segment job's GeoJSON."""
+    router = APIRouter()
+
+    @router.get("/v1/jobs")
     def jobs() -> dict[str, Any]:
         return {"jobs": [j.public() for j in sorted(cfg.store.all(), key=lambda j: j.created)]}
 
-    @app.get("/v1/jobs/{job_id}", dependencies=guarded)
+    @router.get("/v1/jobs/{job_id}")
     def job_status(job_id: str) -> dict[str, Any]:
         return cfg.store.get(job_id).public()
 
-    @app.delete("/v1/jobs/{job_id}", dependencies=guarded)
+    @router.delete("/v1/jobs/{job_id}")
     def job_cancel(job_id: str) -> dict[str, Any]:
         return cfg.runner.cancel(job_id).public()
 
-    @app.get("/v1/jobs/{job_id}/result", dependencies=guarded)
+    @router.get("/v1/jobs/{job_id}/result")
     def job_result(job_id: str) -> FileResponse:
-        job = cfg.store.get(job_id)
-        if job.kind == "train":
-            raise ApiError(409, "NoResultFile", f"a train job has no result file; once done, its model {job.model!r} "
-                           "is listed by GET /v1/models and a segment request may name it")
-        if job.state != "done":
-            what = (f"the job {job.state}: {job.error['type']}: {job.error['message']}" if job.error
-                    else f"the job is {job.state}")
-            todo = "submit a new job" if job.state in FINISHED else f"poll GET /v1/jobs/{job_id} until its state is done"
-            raise ApiError(409, "JobNotDone", f"{what}; {todo}")
-        path = cfg.store.folder(job_id) / RESULT_DIR / str(job.result)
-        return FileResponse(path, media_type="application/geo+json", filename=path.name)
+        return _result_file(cfg, job_id)
 
-    return app
+    return router
+
+
+def _result_file(cfg: ServeConfig, job_id: str) -> FileResponse:
+    """A done segment job's GeoJSON; 409 with what to do for train jobs and unfinished or failed ones."""
+    job = cfg.store.get(job_id)
+    if job.kind == "train":
+        raise ApiError(409, "NoResultFile", f"a train job has no result file; once done, its model {job.model!r} "
+                       "is listed by GET /v1/models and a segment request may name it")
+    if job.state != "done":
+        what = (f"the job {job.state}: {job.error['type']}: {job.error['message']}" if job.error
+                else f"the job is {job.state}")
+        todo = "submit a new job" if job.state in FINISHED else f"poll GET /v1/jobs/{job_id} until its state is done"
+        raise ApiError(409, "JobNotDone", f"{what}; {todo}")
+    path = cfg.store.folder(job_id) / RESULT_DIR / str(job.result)
+    return FileResponse(path, media_type="application/geo+json", filename=path.name)
 
 
 def _slide_entry(cfg: ServeConfig, name: str, path: Path) -> dict[str, Any]:

@@ -83,11 +83,15 @@ def build_nets(cfg: Mapping) -> dict[str, nn.Module]:
 
 
 def to_tensor(images: np.ndarray, normalization: Mapping[str, Sequence[float]], device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W)."""
+    """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W), contiguous in NCHW order.
+
+    The permute alone leaves a channels-last view; fed to a width-8 net (4-channel decoder stages), oneDNN's
+    backward pass corrupts the heap and the process dies (seen as a flaky segfault of the serve train test).
+    """
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(normalization["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(normalization["std"], device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return ((x - mean) / std).contiguous()
 
 
 def ramp_length(cfg: Mapping) -> int:
