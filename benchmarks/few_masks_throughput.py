@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,7 @@ from wsi_weakseg.train.mask_items import MaskItem
 from wsi_weakseg.weak.centres import centre_heatmap, label_centroids
 from wsi_weakseg.weak.masks import mask_target
 
-from segment_throughput import cpu_description  # noqa: E402 - sibling script, same folder
+from segment_throughput import cpu_description  # noqa: E402 - sibling scripts, same folder
 from train_throughput import timed  # noqa: E402
 
 NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

@@ -17,7 +17,13 @@ from wsi_weakseg.model.card import load_model
 from wsi_weakseg.train.augment import AugmentParams
 from wsi_weakseg.train.config import load_config
 from wsi_weakseg.train.dataset import EvalItem, load_items, save_items
-from wsi_weakseg.train.few_masks_recipe import PROJECTOR, PROJECTOR_TEACHER, STUDENT, TEACHER, FewMasksRecipe
+from wsi_weakseg.train.few_masks_recipe import (
+    PROJECTOR,
+    PROJECTOR_TEACHER,
+    STUDENT,
+    TEACHER,
+    FewMasksRecipe,
+)
 from wsi_weakseg.train.loop import _batch, run
 from wsi_weakseg.train.mask_items import MaskItem, build_mask_items
 from wsi_weakseg.train.trainer import train

@@ -12,7 +12,14 @@ import shapely
 from PIL import Image
 
 from wsi_weakseg.errors import ConfigError, GeoJSONError
-from wsi_weakseg.weak.masks import MaskSet, instances_from_image, mask_target, rasterise_masks, read_masks, read_region
+from wsi_weakseg.weak.masks import (
+    MaskSet,
+    instances_from_image,
+    mask_target,
+    rasterise_masks,
+    read_masks,
+    read_region,
+)
 from wsi_weakseg.weak.spec import load_item_masks, load_item_points, load_spec
 
 

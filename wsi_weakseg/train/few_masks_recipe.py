@@ -158,7 +158,7 @@ class FewMasksRecipe(RecipeState):
         student = self.nets[STUDENT]
         x_lab = self._normalise(self._unit(lab["image"]))
         n = x_lab.shape[0]
-        tensor = lambda k: torch.from_numpy(np.ascontiguousarray(lab[k])).to(self.device)  # noqa: E731
+        tensor = lambda k: torch.from_numpy(np.ascontiguousarray(lab[k])).to(self.device)
         if self.unsupervised(epoch):
             weak = self._unit(batches[UNLABELLED]["image"])
             strong = strong_view(weak) if f["strong_augment"] else weak

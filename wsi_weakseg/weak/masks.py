@@ -126,7 +126,7 @@ def rasterise_masks(
     """
     if not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"scale must be a positive number, got {scale!r}")
-    to_grid = lambda g: shapely.transform(g, lambda c: c * scale - np.asarray(offset))  # noqa: E731
+    to_grid = lambda g: shapely.transform(g, lambda c: c * scale - np.asarray(offset))
     labels = np.zeros(shape, np.int32)
     shared = np.zeros(shape, bool)
     n_empty = 0

@@ -336,7 +336,12 @@ def load_item_masks(item: SpecItem) -> tuple[MaskSet, np.ndarray | None]:
     GeoJSONError
         See :func:`~wsi_weakseg.weak.masks.read_masks`.
     """
-    from wsi_weakseg.weak.masks import MaskSet, instances_from_image, read_masks, read_region
+    from wsi_weakseg.weak.masks import (
+        MaskSet,
+        instances_from_image,
+        read_masks,
+        read_region,
+    )
 
     if item.masks is None:
         raise ConfigError(f"{item.image}: this spec item has no 'masks' file")
