@@ -102,3 +102,42 @@ def test_labels_model_that_is_not_a_scribbles_run_exits_2(shared_data: Path, tmp
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "out").exists()
+
+
+def test_labels_of_a_masks_item_show_the_drawn_target_and_the_region_outline(tmp_path: Path, capsys):
+    """Issue 16: image | target tinted as the few-masks recipe trains on it, region edge white; unlabelled: image."""
+    from wsi_weakseg.cli_labels import _overlay
+    from wsi_weakseg.demo import synthetic_he
+
+    rgb, _ = synthetic_he(size=(64, 64), mpp=0.5, seed=3)
+    Image.fromarray(rgb).save(tmp_path / "im.png")
+
+    def polygon(cls, x0, y0, x1, y1):
+        props = {"objectType": "annotation", **({"classification": {"name": cls}} if cls else {})}
+        return {"type": "Feature", "properties": props, "geometry": {
+            "type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}}
+
+    fc = {"type": "FeatureCollection", "features": [polygon(None, 0, 0, 32, 32), polygon("Nucleus", 8, 8, 16, 16)]}
+    (tmp_path / "m.geojson").write_text(json.dumps(fc))
+    (tmp_path / "spec.yaml").write_text("defaults: {mpp: 0.5}\nitems:\n- {image: im.png, masks: m.geojson}\n"
+                                        "- {image: im.png, split: validation}\n")
+    assert main(["labels", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "out"), "--split", "train"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == 1
+    panel = np.asarray(Image.open(tmp_path / "out" / "im.png"))
+    assert panel.shape == (64, 2 * 64 + 4, 3)
+    np.testing.assert_array_equal(panel[:, :64], rgb)
+    tile = panel[:, 68:]
+    target = np.full((64, 64), 2, np.uint8)
+    target[:32, :32] = 0
+    target[8:16, 8:16] = 1
+    tinted = _overlay(rgb, target)
+    np.testing.assert_array_equal(tile[10, 10], tinted[10, 10])  # nucleus, green
+    np.testing.assert_array_equal(tile[20, 20], tinted[20, 20])  # background in the region, red
+    np.testing.assert_array_equal(tile[40:, :], rgb[40:, :])  # outside the region: the image as it is
+    assert (tile[31, :32] == 255).all() and (tile[:32, 31] == 255).all()  # the region's edge
+    assert not (tile[20, 20] == 255).all()
+    row = json.loads((tmp_path / "out" / "labels.json").read_text())["items"][0]
+    assert row["role"] == "masks" and row["nuclei"] == 1
+    assert row["masks"]["nucleus"] == 64 / 4096 and row["masks"]["background"] == (1024 - 64) / 4096
+    assert main(["labels", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "val"), "--split", "validation"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "val" / "im.png")), rgb)

@@ -4,8 +4,10 @@ A points item gets ``<name>.png``: the working-resolution image, then the Vorono
 the centre heatmap drawn over it (green = nucleus, red = background, uncoloured = ignored; yellow = centre
 heatmap; white crosses = clicks). A scribbles item (``scribbles`` and no ``points``) gets the image and its
 rasterised strokes and, with ``--model`` (a scribbles run's folder), the pseudo label of its EMA after the
-last epoch (nucleus where ``y_n > tau``, background where ``1 - y_n > tau``). ``labels.json`` lists per-item
-fractions of each class.
+last epoch (nucleus where ``y_n > tau``, background where ``1 - y_n > tau``). A masks item (drawn nuclei) gets
+the image and its labelled target as the few-masks recipe trains on it (green nucleus, red background, untinted
+unlabelled) with the annotated region outlined in white; an item without labels gets the image alone.
+``labels.json`` lists per-item fractions of each class.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ COLOURS = {0: (230, 40, 40), 1: (40, 200, 60)}  # background red, nucleus green;
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("labels", help="write overlays of the weak labels derived from a data spec's points")
-    p.add_argument("spec", help="data spec YAML (items: image or slide + QuPath points)")
+    p = sub.add_parser("labels", help="write overlays of the labels a recipe trains on (points, scribbles, masks)")
+    p.add_argument("spec", help="data spec YAML (items: image or slide + QuPath points, scribbles or masks)")
     p.add_argument("-o", "--output", required=True, help="folder for <item>.png panels and labels.json")
     p.add_argument("--config", help="training config whose points.* / data.mpp settings to use (default: packaged)")
     p.add_argument("--split", help="only items of this split (train, validation, test)")
@@ -61,6 +63,35 @@ def scribble_panel(rgb, scribble, pseudo=None):
     tiles = [rgb, _overlay(rgb, scribble, alpha=0.8)] + ([] if pseudo is None else [_overlay(rgb, pseudo)])
     gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
+
+
+def mask_panel(rgb, target):
+    """[image | drawn nuclei] side by side: the target tinted, the annotated region's edge in white."""
+    import numpy as np
+    from skimage.segmentation import find_boundaries
+
+    tile = _overlay(rgb, target)
+    tile[find_boundaries(target != 2, mode="inner") & (target != 2)] = 255
+    gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([rgb, gap, tile], axis=1)
+
+
+def _masks_row(item, cfg):
+    """A masks item's panel on the whole read image (the labelled window pasted back) or an unlabelled one's image."""
+    import numpy as np
+
+    from .train.mask_items import read_mask_item
+
+    f = cfg["few_masks"]
+    made, row = read_mask_item(item, float(cfg["data"]["mpp"]), int(cfg["data"]["crop"]), float(f["centre_sigma_um"]))
+    image = made[-1].image
+    if len(made) == 1:
+        return image, row
+    r0, c0, h, w = row["window"]
+    target = np.full(image.shape[:2], 2, np.uint8)
+    target[r0 : r0 + h, c0 : c0 + w] = made[0].mask
+    row["masks"] = _fractions(target)
+    return mask_panel(image, target), row
 
 
 def _fractions(label) -> dict:
@@ -127,8 +158,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise OutputError(f"cannot create output folder {out}: {exc}") from None
     summary = []
+    masks_cfg = cfg if "few_masks" in cfg else None
     for item in items:
-        if item.points is None and item.scribbles is not None:
+        if item.masks is not None or item.unlabelled:
+            masks_cfg = masks_cfg or load_config(overrides={"recipe": "few-masks", "data": {"mpp": cfg["data"]["mpp"]}})
+            image, row = _masks_row(item, masks_cfg)
+        elif item.points is None and item.scribbles is not None:
             strokes_cfg = strokes_cfg or load_config(overrides={"recipe": "scribbles", "data": {"mpp": cfg["data"]["mpp"]}})
             image, row = _scribbles_row(item, strokes_cfg, pseudo)
         else:

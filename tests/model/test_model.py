@@ -30,6 +30,19 @@ def test_forward_shape_and_stride_check():
             net(torch.zeros(1, 3, 50, 64))
 
 
+def test_features_for_a_recipe_head_leave_the_logits_unchanged():
+    """Issue 16's projector reads decoder stage 2 (stride 4); forward() must stay what it was."""
+    torch.manual_seed(0)
+    net = ResNet34UNet(out_channels=2, width=8).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        logits, feats = net.forward_with_features(x, 2)
+        assert torch.equal(logits, net(x))
+    assert feats.shape == (1, 8, 16, 16)
+    with pytest.raises(ValueError, match="decoder stage"):
+        net.forward_with_features(x, 5)
+
+
 def test_loads_torchvision_state_dict(tmp_path):
     """A state_dict with torchvision's key names (incl. fc.*) fills the encoder exactly."""
     torch.manual_seed(1)

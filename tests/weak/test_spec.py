@@ -112,8 +112,8 @@ def test_absolute_paths_and_slide_items(project):
     assert item.kind == "slide" and item.image == scn.resolve() and item.split == "test" and item.mpp is None
 
 
-ITEM_KEYS = ("image, slide, points, scribbles, labels, mpp, point_classes, region_classes, nucleus_classes, "
-             "background_classes, split")
+ITEM_KEYS = ("image, slide, points, scribbles, masks, region, labels, mpp, point_classes, region_classes, "
+             "nucleus_classes, background_classes, split")
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_missing_file_names_item_and_path(project):
     [
         ("{image: images/a.png, slide: images/b.png, points: points/a.geojson}", "exactly one of 'image'"),
         ("{points: points/a.geojson}", "exactly one of 'image'"),
-        ("{image: images/a.png}", "'points'"),
+        ("{image: images/a.png, masks: nope.geojson}", "masks file not found"),  # (no labels at all: unlabelled)
         ("{image: images/a.png, points: points/a.geojson, split: val}", "split must be one of train, validation, test"),
         ("{image: images/a.png, points: points/a.geojson, mpp: 0}", "mpp must be a positive number"),
         ("{image: images/a.png, points: points/a.geojson, mpp: -0.25}", "mpp must be a positive number"),

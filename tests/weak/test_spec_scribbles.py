@@ -56,8 +56,11 @@ def test_points_and_scribbles_in_one_item(project):
     assert len(s.nucleus) == 0 and len(s.background) == 1 and s.n_unused == 1
 
 
-def test_item_needs_points_or_scribbles(project):
-    with pytest.raises(ConfigError, match="'points'.*or 'scribbles' is missing"):
-        load_spec(_spec(project, "items:\n  - {image: a.png}\n"))
+def test_an_item_without_labels_is_unlabelled(project):
+    """Issue 16: an item with no points, scribbles or masks is an unlabelled image; the points reader refuses it."""
+    item = load_spec(_spec(project, "items:\n  - {image: a.png, mpp: 0.5}\n")).items[0]
+    assert item.unlabelled and item.points is None and item.scribbles is None and item.masks is None
+    with pytest.raises(ConfigError, match="no 'points'"):
+        load_item_points(item)
     with pytest.raises(ConfigError, match="scribbles file not found"):
         load_spec(_spec(project, "items:\n  - {image: a.png, scribbles: nope.geojson}\n"))

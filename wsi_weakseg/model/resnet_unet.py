@@ -136,14 +136,31 @@ class ResNet34UNet(nn.Module):
         self.head = nn.Conv2d(cin, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, None)[0]
+
+    def forward_with_features(self, x: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the output of decoder stage ``stage`` (0 to 4: strides 16, 8, 4, 2, 1).
+
+        For a recipe that puts its own head on the decoder's features (the few-masks recipe's projector);
+        the logits are exactly :meth:`forward`'s.
+        """
+        if not 0 <= stage < len(self.decoder):
+            raise ValueError(f"decoder stage must be in 0..{len(self.decoder) - 1}, got {stage}")
+        logits, features = self._run(x, stage)
+        return logits, features
+
+    def _run(self, x: torch.Tensor, stage: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.shape[-1] % self.stride or x.shape[-2] % self.stride:
             raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of {self.stride}")
         feats = self.encoder(x)
         skips = [feats[3], feats[2], feats[1], feats[0], None]
         y = feats[4]
-        for block, skip in zip(self.decoder, skips):
+        kept = None
+        for i, (block, skip) in enumerate(zip(self.decoder, skips)):
             y = block(y, skip)
-        return self.head(y)
+            if i == stage:
+                kept = y
+        return self.head(y), kept
 
 
 def load_torchvision_encoder(model: ResNet34UNet, path: str | Path) -> list[str]:

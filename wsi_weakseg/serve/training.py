@@ -2,11 +2,11 @@
 
 ``POST /v1/train`` is checked before anything is queued (:func:`prepare_training`): the config layers over
 the packaged defaults like ``train --config`` (unknown keys are 400); ``data.spec`` is a name relative to a
-served root, confined like a slide name (403); every image, slide, points and labels path inside the spec must
-resolve (symlinks followed) inside a served root too (403), checked on the spec's text before any of those
-files is touched, so a spec cannot probe for files outside the roots. The checked spec is frozen into the job
-folder (``spec.yaml``, absolute paths) with the resolved config (``config.json``): the job trains exactly what
-was checked. Config keys that name other files (``data.items``, ``data.cache_dir``, ``model.imagenet_weights``)
+served root, confined like a slide name (403); every image, slide, points, scribbles, masks, region and labels
+path inside the spec must resolve (symlinks followed) inside a served root too (403), checked on the spec's text
+before any of those files is touched, so a spec cannot probe for files outside the roots. The checked spec is
+frozen into the job folder (``spec.yaml``, absolute paths) with the resolved config (``config.json``): the job
+trains exactly what was checked. Config keys that name other files (``data.items``, ``data.cache_dir``, ``model.imagenet_weights``)
 are refused; ``device`` is the server's.
 
 A train job runs :func:`~wsi_weakseg.train.trainer.train` in the server's train thread (one at a time, its
@@ -37,7 +37,7 @@ from .paths import PathOutsideRootsError, Roots
 log = logging.getLogger(__name__)
 
 TRAIN_FIELDS = ("config", "name", "epochs")
-_PATH_KEYS = ("image", "slide", "points", "labels")
+_PATH_KEYS = ("image", "slide", "points", "scribbles", "masks", "region", "labels")
 _REFUSED = (("data", "items"), ("data", "cache_dir"), ("model", "imagenet_weights"))
 MAX_EPOCHS = 10_000
 #: Share of the progress given to the epochs; the rest is context measurement, threshold tuning, publishing.
@@ -83,19 +83,20 @@ def _frozen_spec(spec, roots: Roots) -> dict[str, Any]:
     """The loaded spec as YAML data with absolute paths, every one re-checked inside the roots."""
     items = []
     for index, it in enumerate(spec.items):
-        for p in (it.image, it.points, it.scribbles, it.labels):
+        for p in (it.image, it.points, it.scribbles, it.masks, it.region, it.labels):
             if p is not None and not _inside(p, roots):
                 raise PathOutsideRootsError(f"data spec item {index} names a file outside the served roots")
         entry: dict[str, Any] = {it.kind: str(it.image), "split": it.split}
-        for key in ("points", "scribbles"):
+        for key in ("points", "scribbles", "masks", "region"):
             if getattr(it, key) is not None:
                 entry[key] = str(getattr(it, key))
         if it.mpp is not None:
             entry["mpp"] = it.mpp
         if it.point_classes is not None:
             entry["point_classes"] = list(it.point_classes)
-        if it.region_classes is not None:
-            entry["region_classes"] = list(it.region_classes)
+        for key in ("region_classes", "nucleus_classes", "background_classes"):
+            if getattr(it, key) is not None:
+                entry[key] = list(getattr(it, key))
         if it.labels is not None:
             entry["labels"] = str(it.labels)
         items.append(entry)

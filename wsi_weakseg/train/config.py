@@ -16,7 +16,7 @@ import yaml
 from ..errors import ConfigError
 
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = ("points", "scribbles")
+RECIPES = ("points", "scribbles", "few-masks")
 
 
 def packaged_defaults(recipe: str = "points") -> dict[str, Any]:
@@ -79,14 +79,50 @@ def _check(cfg: dict[str, Any]) -> None:
     lo, hi = cfg["augment"]["scale"]
     if not 0 < lo <= hi:
         raise ConfigError("augment.scale must be [low, high] with 0 < low <= high")
-    if cfg["optim"]["lr_schedule"] not in ("step", "cosine"):
-        raise ConfigError(f"optim.lr_schedule must be 'step' or 'cosine', got {cfg['optim']['lr_schedule']!r}")
+    if cfg["optim"]["lr_schedule"] not in ("step", "cosine", "poly"):
+        raise ConfigError(f"optim.lr_schedule must be 'step', 'cosine' or 'poly', got {cfg['optim']['lr_schedule']!r}")
     stain = cfg["augment"]["stain"]
     if not (isinstance(stain, (int, float)) and not isinstance(stain, bool) and 0 <= stain < 1e6):
         raise ConfigError(f"config key 'augment.stain' must be a number >= 0, got {stain!r}")
     if stain >= 1:
         raise ConfigError("augment.stain must be below 1 (it scales optical densities by U(1 - s, 1 + s))")
-    (_check_points if cfg["recipe"] == "points" else _check_scribbles)(cfg, positive)
+    checks = {"points": _check_points, "scribbles": _check_scribbles, "few-masks": _check_few_masks}
+    checks[cfg["recipe"]](cfg, positive)
+
+
+def _non_negative(cfg: dict[str, Any], path: str) -> None:
+    section, key = path.split(".")
+    value = cfg[section][key]
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6):
+        raise ConfigError(f"config key {path!r} must be a number >= 0, got {value!r}")
+
+
+def _check_few_masks(cfg: dict[str, Any], positive) -> None:
+    f = cfg["few_masks"]
+    for p in ("patch_um", "temperature", "centre_sigma_um"):
+        positive(f"few_masks.{p}")
+    for p in ("sup_weight", "contrast_weight", "consistency_weight", "entropy_weight", "centre_weight"):
+        _non_negative(cfg, f"few_masks.{p}")
+    for p in ("bank_batches", "projector_dim", "consistency_ramp_epochs"):
+        positive(f"few_masks.{p}", integer=True)
+    for p in ("max_query_patches", "max_negatives"):
+        if f[p] is not None:
+            positive(f"few_masks.{p}", integer=True)
+    start = f["unsup_from_epoch"]
+    if start is not None and not (isinstance(start, int) and not isinstance(start, bool) and start >= 0):
+        raise ConfigError(f"few_masks.unsup_from_epoch must be an integer >= 0, or null (no unsupervised branch: "
+                          f"SupOnly), got {start!r}")
+    if not 0.0 <= f["ema_alpha"] < 1.0:
+        raise ConfigError(f"few_masks.ema_alpha must be in [0, 1), got {f['ema_alpha']!r}")
+    if not 0.0 <= f["bg_score"] < f["fg_score"] <= 1.0:
+        raise ConfigError("few_masks.bg_score and fg_score must satisfy 0 <= bg_score < fg_score <= 1")
+    if f["inference_net"] not in ("student", "teacher", "best"):
+        raise ConfigError("few_masks.inference_net must be 'student', 'teacher' or 'best'")
+    patch = round(f["patch_um"] / cfg["data"]["mpp"])
+    if patch < 4 or patch % 4 or cfg["data"]["crop"] % patch:
+        raise ConfigError(f"few_masks.patch_um {f['patch_um']} is {patch} px at data.mpp {cfg['data']['mpp']}: it "
+                          "must be a multiple of 4 px (the projector's feature stride) that divides data.crop "
+                          f"({cfg['data']['crop']}); e.g. patch_um 8 at 0.5 µm/px (16 px) with crop 224")
 
 
 def _check_scribbles(cfg: dict[str, Any], positive) -> None:
@@ -117,10 +153,7 @@ def _check_points(cfg: dict[str, Any], positive) -> None:
         raise ConfigError(f"points.cluster_colour must be 'h', 'rgb' or 'rgb+h', got {cfg['points']['cluster_colour']!r}")
     positive("points.cluster_colour_weight")
     for p in ("points.cluster_ring_um", "points.jitter_um", "points.crf_weight"):
-        section, key = p.split(".")
-        value = cfg[section][key]
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6):
-            raise ConfigError(f"config key {p!r} must be a number >= 0, got {value!r}")
+        _non_negative(cfg, p)
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

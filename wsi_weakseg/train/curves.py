@@ -32,7 +32,7 @@ DPI = 100
 COLOURS = tuple(OKABE_ITO[k] for k in ("blue", "vermillion", "green", "purple", "orange", "sky", "yellow"))
 #: Validation metrics in the order they are drawn (the card's ``metrics.mean`` keys).
 METRICS = ("aji", "f1", "pq", "object_dice", "pixel_f1", "precision", "recall")
-NET_STYLE = {"a": "-", "b": "--"}
+NET_STYLE = {"a": "-", "b": "--", "student": "-", "teacher": "--"}  # points nets; few-masks student, teacher
 #: Markers per pass through ``COLOURS``: metrics beyond the seventh keep a colour but change marker.
 MARKERS = (".", "x", "^", "s")
 

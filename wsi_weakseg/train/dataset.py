@@ -258,6 +258,11 @@ def load_items(path: Path) -> tuple[list[TrainItem], list[EvalItem]]:
             from .scribble_items import ScribbleItem
 
             train.append(ScribbleItem(str(g("name")), g("image"), g("scribble")))
+        elif f"train/{i}/mask" in data or f"train/{i}/voronoi" not in data:  # few-masks: labelled or unlabelled
+            from .mask_items import MaskItem
+
+            targets = [g(k) if f"train/{i}/{k}" in data else None for k in ("mask", "centre", "centre_known")]
+            train.append(MaskItem(str(g("name")), g("image"), *targets))
         else:
             train.append(TrainItem(str(g("name")), g("image"), g("voronoi"), g("cluster"), g("centre"), g("annotated")))
         i += 1

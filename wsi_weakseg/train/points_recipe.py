@@ -36,6 +36,9 @@ from .losses import (
 )
 from .recipe_state import RecipeState
 
+#: Power of the poly lr schedule (``optim.lr_schedule: poly``).
+POLY_POWER = 0.9
+
 
 class Colorizer(nn.Module):
     """Foreground probability (1 channel) -> RGB in [0, 1] at 1/``pool`` resolution (our architecture).
@@ -100,13 +103,16 @@ def ramp_length(cfg: Mapping) -> int:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Mapping) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch lr schedule: the paper's step decay, or cosine annealing to 0 over ``optim.epochs``.
+    """Per-epoch lr schedule: step decay, cosine annealing to 0, or poly decay over ``optim.epochs``.
 
-    The cosine schedule follows the epochs actually run, so a shorter run still ends at a small lr
-    (the step schedule never decays when ``epochs <= lr_step_epochs``).
+    The cosine and poly schedules follow the epochs actually run, so a shorter run still ends at a small lr
+    (the step schedule never decays when ``epochs <= lr_step_epochs``). Poly is ``lr (1 - e / epochs)^0.9``
+    at epoch ``e`` (the few-masks paper's schedule; the power 0.9 is the usual one, the paper gives none).
     """
     if optim_cfg["lr_schedule"] == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(optim_cfg["epochs"]))
+    if optim_cfg["lr_schedule"] == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=int(optim_cfg["epochs"]), power=POLY_POWER)
     return torch.optim.lr_scheduler.StepLR(optimizer, optim_cfg["lr_step_epochs"], optim_cfg["lr_gamma"])
 
 

@@ -29,6 +29,7 @@ from ..model.resnet_unet import ResNet34UNet
 from .checkpoint import load_checkpoint, save_checkpoint
 from .curves import CURVES, write_curves
 from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_items
+from .few_masks_recipe import FewMasksRecipe
 from .loop import run, steps_per_epoch
 from .points_recipe import PointsRecipe
 from .scribbles_recipe import ScribblesRecipe
@@ -40,13 +41,16 @@ log = logging.getLogger(__name__)
 BEST = "best.pt"
 LICENCE_NOTE = "weights inherit the licences of their training data (see training.data)"
 #: Recipe classes by ``cfg["recipe"]``, and what each learns from (the card's description).
-RECIPES = {"points": PointsRecipe, "scribbles": ScribblesRecipe}
-_LEARNS_FROM = {"points": "point clicks", "scribbles": "scribbles"}
+RECIPES = {"points": PointsRecipe, "scribbles": ScribblesRecipe, "few-masks": FewMasksRecipe}
+_LEARNS_FROM = {"points": "point clicks", "scribbles": "scribbles",
+                "few-masks": "a few drawn nucleus masks and unlabelled images"}
 #: How instances come out of each recipe's maps (recorded in the card).
 INSTANCES = {
     "points": "centre head trained on Gaussian bumps at the clicks; engine markers + geodesic split",
     "scribbles": "centre head trained on the per-component normalised distance transform of the EMA mask "
                  "(y_n > 0.5) where the pseudo label is decided; engine markers + geodesic split",
+    "few-masks": "centre head trained on Gaussian bumps at the centroids of the drawn nuclei (and at clicks of "
+                 "click-only items), inside the annotated regions; engine markers + geodesic split",
 }
 
 
@@ -89,6 +93,10 @@ def load_data(cfg: Mapping, work: Path) -> tuple[list[TrainItem], list[EvalItem]
         from .scribble_items import build_scribble_items
 
         train_items, summary = build_scribble_items(train_spec, cfg)
+    elif cfg["recipe"] == "few-masks":
+        from .mask_items import build_mask_items
+
+        train_items, summary = build_mask_items(train_spec, cfg)
     else:
         cache = Path(d["cache_dir"]) if d["cache_dir"] else work / "label-cache"
         train_items, summary = build_items(train_spec, cfg, cache)

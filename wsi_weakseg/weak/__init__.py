@@ -1,4 +1,4 @@
-"""Weak-label recipes: training targets derived from point clicks (and, later, scribbles and regions).
+"""Weak-label recipes: training targets derived from point clicks, scribbles and drawn masks.
 
 Names load lazily (PEP 562): the label makers need only numpy/scipy/scikit-image, while the point
 reader needs shapely, which the training path must not require.
@@ -13,6 +13,7 @@ _EXPORTS = {
     "centre_heatmap": "centres", "jitter_points": "centres", "label_centroids": "centres", "cluster_label": "clusters",
     "PointSet": "points", "read_points": "points", "write_points": "points",
     "DataSpec": "spec", "SpecItem": "spec", "load_item_points": "spec", "load_spec": "spec",
+    "MaskSet": "masks", "rasterise_masks": "masks", "read_masks": "masks", "load_item_masks": "spec",
     "estimate_stain_matrix": "stain", "hematoxylin": "stain", "voronoi_cells": "voronoi", "voronoi_label": "voronoi",
 }
 

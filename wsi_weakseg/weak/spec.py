@@ -16,10 +16,17 @@ Example::
         labels: labels/case1.png  # optional instance label map: validation metrics only, never a target
       - image: images/TCGA-21-5784-01Z-00-DX1.png
         scribbles: scribbles/TCGA-21-5784-01Z-00-DX1.geojson  # strokes (Scribble2Label); points optional
+      - image: images/TCGA-38-6178-01Z-00-DX1.png
+        masks: masks/TCGA-38-6178-01Z-00-DX1.geojson  # drawn nuclei (QuPath polygons + annotated region)
+      - image: images/TCGA-49-4488-01Z-00-DX1.png       # no labels: an unlabelled image (few-masks recipe)
 
-An item names ``points``, ``scribbles`` or both. ``nucleus_classes`` / ``background_classes`` (in
-``defaults`` or an item) select the stroke classes as ``point_classes`` selects points (defaults
-``[Nucleus]`` / ``[Background]``; ``Ignore*`` strokes mark nothing).
+An item names ``points``, ``scribbles``, ``masks``, several of them, or none (an unlabelled image, which only
+the few-masks recipe learns from; the other recipes refuse it). ``nucleus_classes`` / ``background_classes``
+(in ``defaults`` or an item) select the stroke classes as ``point_classes`` selects points (defaults
+``[Nucleus]`` / ``[Background]``; ``Ignore*`` strokes mark nothing); ``nucleus_classes`` also selects the
+nucleus polygons of a ``masks`` GeoJSON. ``masks`` may instead be a label image on the item's pixel grid
+(:mod:`wsi_weakseg.weak.masks`); ``region: FILE.geojson`` then limits it to the file's annotated-region
+polygons, and for an item without labels it bounds the area read (a slide needs one).
 
 Unknown keys are errors (a misspelt key must never be ignored silently).
 """
@@ -39,9 +46,14 @@ from wsi_weakseg.errors import ConfigError, MissingMppError
 from wsi_weakseg.weak.points import PointSet, read_points
 
 if TYPE_CHECKING:
+    import numpy as np
+    from shapely.geometry.base import BaseGeometry
+
+    from wsi_weakseg.weak.masks import MaskSet
     from wsi_weakseg.weak.scribbles import ScribbleSet
 
-__all__ = ["SPLITS", "DataSpec", "SpecItem", "load_item_points", "load_item_scribbles", "load_spec"]
+__all__ = ["SPLITS", "DataSpec", "SpecItem", "load_item_masks", "load_item_points", "load_item_region",
+           "load_item_scribbles", "load_spec"]
 
 #: Allowed values of ``split``.
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -49,8 +61,10 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 _TOP_KEYS = ("defaults", "items")
 _STROKE_KEYS = ("nucleus_classes", "background_classes")
 _DEFAULT_KEYS = ("mpp", "point_classes", "region_classes", *_STROKE_KEYS)
-_ITEM_KEYS = ("image", "slide", "points", "scribbles", "labels", "mpp", "point_classes", "region_classes",
-              *_STROKE_KEYS, "split")
+_ITEM_KEYS = ("image", "slide", "points", "scribbles", "masks", "region", "labels", "mpp", "point_classes",
+              "region_classes", *_STROKE_KEYS, "split")
+#: Suffixes of a ``masks`` file read as QuPath GeoJSON (anything else is a label image).
+_GEOJSON_SUFFIXES = (".geojson", ".json", ".gz", ".zip")
 
 
 @dataclass(frozen=True)
@@ -81,7 +95,12 @@ class SpecItem:
         Absolute path of its QuPath GeoJSON scribble export (line or brush strokes), if any.
     nucleus_classes, background_classes : tuple of str or None
         Stroke classes marking nucleus / background; ``None`` = the defaults of
-        :func:`~wsi_weakseg.weak.scribbles.read_scribbles`.
+        :func:`~wsi_weakseg.weak.scribbles.read_scribbles`. ``nucleus_classes`` also selects nucleus polygons.
+    masks : pathlib.Path or None
+        Drawn nuclei: QuPath GeoJSON polygons (+ annotated region) or a label image (a training target of the
+        few-masks recipe, unlike ``labels``).
+    region : pathlib.Path or None
+        QuPath GeoJSON whose region polygons limit a label-image ``masks`` or bound an unlabelled item.
     """
 
     image: Path
@@ -95,6 +114,13 @@ class SpecItem:
     scribbles: Path | None = None
     nucleus_classes: tuple[str, ...] | None = None
     background_classes: tuple[str, ...] | None = None
+    masks: Path | None = None
+    region: Path | None = None
+
+    @property
+    def unlabelled(self) -> bool:
+        """Whether the item names no labels at all (no points, scribbles or masks)."""
+        return self.points is None and self.scribbles is None and self.masks is None
 
 
 @dataclass(frozen=True)
@@ -168,8 +194,8 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
     ConfigError
         If the file is missing or not YAML; a key is unknown (at the top level, in ``defaults`` or
         in an item; the message names it and lists the allowed keys); ``items`` is missing or
-        empty; an item has none or both of ``image`` and ``slide``, no ``points``, a file that does
-        not exist, an ``mpp`` that is not a positive finite number, or a ``split`` other than
+        empty; an item has none or both of ``image`` and ``slide``, a ``region`` beside GeoJSON ``masks``,
+        a file that does not exist, an ``mpp`` that is not a positive finite number, or a ``split`` other than
         train, validation or test.
     """
     path = Path(path).expanduser().resolve()
@@ -205,8 +231,9 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
         if ("image" in raw) == ("slide" in raw):
             raise ConfigError(f"{where}: give exactly one of 'image' (a plain image) or 'slide' (a whole slide)")
         kind = "image" if "image" in raw else "slide"
-        if "points" not in raw and "scribbles" not in raw:
-            raise ConfigError(f"{where}: 'points' (the QuPath GeoJSON point export) or 'scribbles' is missing")
+        if "region" in raw and "masks" in raw and _is_geojson(raw["masks"]):
+            raise ConfigError(f"{where}: a GeoJSON 'masks' file holds its own annotated region; 'region' is for "
+                              "label-image masks and unlabelled items")
         split = raw.get("split", "train")
         if split not in SPLITS:
             raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -226,6 +253,8 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
                 labels=_path(raw["labels"], "labels", base, where) if "labels" in raw else None,
                 scribbles=_path(raw["scribbles"], "scribbles", base, where) if "scribbles" in raw else None,
                 **{k: _classes(raw[k], k, where) if k in raw else d_strokes[k] for k in _STROKE_KEYS},
+                masks=_path(raw["masks"], "masks", base, where) if "masks" in raw else None,
+                region=_path(raw["region"], "region", base, where) if "region" in raw else None,
             )
         )
     return DataSpec(path=path, items=tuple(items))
@@ -250,7 +279,8 @@ def load_item_points(item: SpecItem, *, merge_radius: float = 1.0) -> PointSet:
         See :func:`~wsi_weakseg.weak.points.read_points`.
     """
     if item.points is None:
-        raise ConfigError(f"{item.image}: this spec item has scribbles but no 'points'; the points recipe needs points")
+        raise ConfigError(f"{item.image}: this spec item has no 'points' (QuPath point clicks), which the points "
+                          "recipe's training items and every validation item need")
     width, height = _image_size(item)
     return read_points(
         item.points,
@@ -280,6 +310,66 @@ def load_item_scribbles(item: SpecItem) -> ScribbleSet:
         raise ConfigError(f"{item.image}: this spec item has no 'scribbles' file")
     kwargs = {k: getattr(item, k) for k in ("nucleus_classes", "background_classes") if getattr(item, k) is not None}
     return read_scribbles(item.scribbles, image_size=_image_size(item), **kwargs)
+
+
+def _is_geojson(value: Any) -> bool:
+    name = str(value).lower()
+    return name.endswith(_GEOJSON_SUFFIXES)
+
+
+def load_item_masks(item: SpecItem) -> tuple[MaskSet, np.ndarray | None]:
+    """Read the drawn nuclei of one spec item: polygons and region, or a label image and its region.
+
+    Returns
+    -------
+    masks : MaskSet
+        The nucleus polygons and annotated region of a GeoJSON ``masks`` file (checked against
+        ``slide.bounds``); for a label image, no polygons and the region of ``region`` (``None``: all of it).
+    label_image : ndarray or None
+        The instance map of a label-image ``masks`` on the image's level-0 grid
+        (:func:`~wsi_weakseg.weak.masks.instances_from_image`), else ``None``.
+
+    Raises
+    ------
+    ConfigError
+        No ``masks``; a label image on a whole slide, or one whose size is not the image's.
+    GeoJSONError
+        See :func:`~wsi_weakseg.weak.masks.read_masks`.
+    """
+    from wsi_weakseg.weak.masks import (
+        MaskSet,
+        instances_from_image,
+        read_masks,
+        read_region,
+    )
+
+    if item.masks is None:
+        raise ConfigError(f"{item.image}: this spec item has no 'masks' file")
+    size = _image_size(item)
+    kwargs = {"region_classes": item.region_classes}
+    if _is_geojson(item.masks):
+        if item.nucleus_classes is not None:
+            kwargs["nucleus_classes"] = item.nucleus_classes
+        return read_masks(item.masks, image_size=size, require_region=item.kind == "slide", **kwargs), None
+    if item.kind == "slide":
+        raise ConfigError(f"{item.masks}: a whole slide's masks must be QuPath polygons (GeoJSON), not a label image")
+    from wsi_weakseg.evaluate import read_label_map
+
+    arr, _ = read_label_map(item.masks)
+    if (arr.shape[1], arr.shape[0]) != size:
+        raise ConfigError(f"{item.masks}: label image is {arr.shape[1]}x{arr.shape[0]} but the image is "
+                          f"{size[0]}x{size[1]}; they must share the pixel grid")
+    region = read_region(item.region, **kwargs) if item.region is not None else None
+    return MaskSet((), region, source=str(item.masks)), instances_from_image(arr, str(item.masks))
+
+
+def load_item_region(item: SpecItem) -> BaseGeometry | None:
+    """The annotated region of an item's ``region`` file (level-0 pixels), or ``None`` when it names none."""
+    from wsi_weakseg.weak.masks import read_region
+
+    if item.region is None:
+        return None
+    return read_region(item.region, region_classes=item.region_classes)
 
 
 def _image_size(item: SpecItem) -> tuple[int, int]:
