@@ -150,7 +150,7 @@ class FewMasksRecipe(RecipeState):
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.normalization["mean"], device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.normalization["std"], device=self.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return ((x - mean) / std).contiguous()  # NCHW: see points_recipe.to_tensor (oneDNN, width 8)
 
     def step(self, batches: Mapping[str, Mapping[str, np.ndarray]], epoch: int) -> dict[str, float]:
         """One optimiser step: supervised terms on the labelled batch, the unsupervised branch once active."""
