@@ -134,62 +134,76 @@ def run(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     random.seed(seed)
-    start_epoch, step, history = 0, 0, []
-    if resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {work_dir}; start without --resume")
-        state = load_checkpoint(ckpt)
-        now = _plain_config(cfg)
-        changed = sorted(k for k in set(state["config"]) | set(now)
-                         if k != "device" and state["config"].get(k) != now.get(k))
-        if changed:
-            log.warning("resuming with a config that differs from the checkpoint's in %s: the run will not "
-                        "equal an uninterrupted one", changed)
-        recipe.load_state_dict(state["recipe"])
-        if "rng" in state:
-            restore_rng(rng, state["rng"])
-        else:  # older checkpoints: the same states under three keys (they load with weights_only too)
-            restore_rng(rng, {"numpy": state["numpy_rng"], "torch": state["torch_rng"], "python": state["python_rng"]})
-        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
-        log.info("resumed after epoch %d (step %d)", state["epoch"], step)
-
-    aug = AugmentParams.from_config(cfg["augment"])
-    crop, bs = int(cfg["data"]["crop"]), int(cfg["optim"]["batch_size"])
+    start_epoch, step, history = _resume(cfg, recipe, ckpt, rng) if resume else (0, 0, [])
     n_epochs = int(cfg["optim"]["epochs"])
     steps = steps_per_epoch(cfg, recipe, max_steps)
-
     for epoch in range(start_epoch, n_epochs):
-        recipe.begin_epoch(epoch)
-        recipe.train(True)
-        order = {k: np.resize(rng.permutation(idx), steps * bs) for k, idx in recipe.halves.items()}
-        losses, terms = [], {}
-        for s in range(steps):
-            batches = {k: _batch(rng, recipe, order[k][s * bs : (s + 1) * bs], crop, aug) for k in order}
-            logs = recipe.step(batches, epoch)
-            step += 1
-            losses.append(logs["loss"])
-            for name, value in logs.items():
-                if name != "loss":
-                    terms.setdefault(name, []).append(value)
-            if on_step is not None:
-                on_step(step, logs)
-        recipe.end_epoch()
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": step,
-                  "terms": {k: float(np.mean(v)) for k, v in terms.items()}}
+        record, step = _train_epoch(cfg, recipe, rng, epoch, steps, step, on_step)
         if validate is not None:
             recipe.train(False)
             record["validation"] = validate(recipe, epoch)
         history.append(record)
-        save_checkpoint(ckpt, {
-            "epoch": epoch, "step": step, "history": history, "recipe": recipe.state_dict(),
-            "rng": rng_state(rng), "config": _plain_config(cfg),
-        })
-        if cfg["optim"].get("keep_epoch_nets"):  # for weight averaging / choosing another epoch afterwards
-            (work_dir / EPOCHS_DIR).mkdir(exist_ok=True)
-            save_checkpoint(work_dir / EPOCHS_DIR / f"e{epoch:02d}.pt",
-                  {"epoch": epoch, "nets": {k: recipe.nets[k].state_dict() for k in recipe.seg_nets}})
+        _save_epoch(cfg, recipe, work_dir, rng, epoch, step, history)
         log.info("epoch %d/%d: loss %.4f", epoch + 1, n_epochs, record["loss"])
         if after_epoch is not None:
             after_epoch(history)
     recipe.train(False)
     return history
+
+
+def _resume(cfg: Mapping, recipe: Recipe, ckpt: Path, rng: np.random.Generator) -> tuple[int, int, list[dict]]:
+    """Load ``ckpt`` into ``recipe`` and the generators; the first epoch to run, the step count, the history."""
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt.parent}; start without --resume")
+    state = load_checkpoint(ckpt)
+    now = _plain_config(cfg)
+    changed = sorted(k for k in set(state["config"]) | set(now)
+                     if k != "device" and state["config"].get(k) != now.get(k))
+    if changed:
+        log.warning("resuming with a config that differs from the checkpoint's in %s: the run will not "
+                    "equal an uninterrupted one", changed)
+    recipe.load_state_dict(state["recipe"])
+    if "rng" in state:
+        restore_rng(rng, state["rng"])
+    else:  # older checkpoints: the same states under three keys (they load with weights_only too)
+        restore_rng(rng, {"numpy": state["numpy_rng"], "torch": state["torch_rng"], "python": state["python_rng"]})
+    log.info("resumed after epoch %d (step %d)", state["epoch"], state["step"])
+    return state["epoch"] + 1, state["step"], state["history"]
+
+
+def _train_epoch(cfg: Mapping, recipe: Recipe, rng: np.random.Generator, epoch: int, steps: int, step: int,
+                 on_step: Callable[[int, dict], None] | None) -> tuple[dict, int]:
+    """One epoch of ``steps`` optimiser steps; its history record (mean loss and terms) and the new step count."""
+    aug = AugmentParams.from_config(cfg["augment"])
+    crop, bs = int(cfg["data"]["crop"]), int(cfg["optim"]["batch_size"])
+    recipe.begin_epoch(epoch)
+    recipe.train(True)
+    order = {k: np.resize(rng.permutation(idx), steps * bs) for k, idx in recipe.halves.items()}
+    losses, terms = [], {}
+    for s in range(steps):
+        batches = {k: _batch(rng, recipe, order[k][s * bs : (s + 1) * bs], crop, aug) for k in order}
+        logs = recipe.step(batches, epoch)
+        step += 1
+        losses.append(logs["loss"])
+        for name, value in logs.items():
+            if name != "loss":
+                terms.setdefault(name, []).append(value)
+        if on_step is not None:
+            on_step(step, logs)
+    recipe.end_epoch()
+    record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": step,
+              "terms": {k: float(np.mean(v)) for k, v in terms.items()}}
+    return record, step
+
+
+def _save_epoch(cfg: Mapping, recipe: Recipe, work_dir: Path, rng: np.random.Generator, epoch: int, step: int,
+                history: list[dict]) -> None:
+    """The checkpoint after ``epoch`` (and, with ``optim.keep_epoch_nets``, the epoch's segmentation nets)."""
+    save_checkpoint(work_dir / CHECKPOINT, {
+        "epoch": epoch, "step": step, "history": history, "recipe": recipe.state_dict(),
+        "rng": rng_state(rng), "config": _plain_config(cfg),
+    })
+    if cfg["optim"].get("keep_epoch_nets"):  # for weight averaging / choosing another epoch afterwards
+        (work_dir / EPOCHS_DIR).mkdir(exist_ok=True)
+        save_checkpoint(work_dir / EPOCHS_DIR / f"e{epoch:02d}.pt",
+                        {"epoch": epoch, "nets": {k: recipe.nets[k].state_dict() for k in recipe.seg_nets}})
