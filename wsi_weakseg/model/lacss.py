@@ -20,6 +20,7 @@ the FPN and heads with it. The window size is not a weight: the engine passes it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -84,7 +85,7 @@ class DetectionHead(nn.Module):
         self.out = nn.Conv2d(channels, 3, 1)
         with torch.no_grad():
             self.out.bias.zero_()
-            self.out.bias[0] = -float(torch.log(torch.tensor((1 - DET_PRIOR) / DET_PRIOR)))
+            self.out.bias[0] = -math.log((1 - DET_PRIOR) / DET_PRIOR)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x))
@@ -163,6 +164,19 @@ class LacssNet(nn.Module):
         self.fpn = FPN(self.encoder.channels[1:], channels)
         self.detect = DetectionHead(channels)
         self.segment_head = SegmentationHead(channels, int(enc_channels or max(4, width // 4)), int(enc_size), channels)
+        self._he_init()
+
+    def _he_init(self) -> None:
+        """He (Kaiming) normal initialisation of the convolutions, as the paper initialises its model, except the
+        two output layers: normal with s.d. 0.01 (RetinaNet's), the detection logit biased to :data:`DET_PRIOR`."""
+        outputs = (self.detect.out, self.segment_head.convs[-1])
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and all(m is not o for o in outputs):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in outputs:
+            nn.init.normal_(m.weight, std=0.01)
 
     def forward(self, x: torch.Tensor) -> LacssOutput:
         if x.shape[-1] % self.stride or x.shape[-2] % self.stride:
