@@ -10,11 +10,13 @@ import sys
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a model from QuPath point clicks or scribbles (recipe: points | scribbles)",
+        help="train a model from QuPath point clicks or scribbles (recipe: points | scribbles | cks)",
         description="Train from point clicks (recipe: points, two co-trained ResNet34-UNets; "
-        "wsi_weakseg/configs/train-points.yaml) or from scribbles (recipe: scribbles, Scribble2Label; "
-        "train-scribbles.yaml) and write a model folder that `segment --model` loads. A checkpoint is written "
-        "every epoch; --resume continues it.",
+        "wsi_weakseg/configs/train-points.yaml), from scribbles (recipe: scribbles, Scribble2Label; "
+        "train-scribbles.yaml) or from point clicks as a detect-and-segment model (recipe: cks, collaborative "
+        "knowledge sharing / LACSS: ResNet34-FPN detection + per-nucleus masks, no watershed; train-cks.yaml) and "
+        "write a model folder that `segment --model` loads. A checkpoint is written every epoch; --resume "
+        "continues it.",
     )
     p.add_argument("--config", required=True, help="training config YAML (layered over the packaged defaults)")
     p.add_argument("--out", required=True, help="model folder to write")

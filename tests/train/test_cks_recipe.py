@@ -235,3 +235,42 @@ def test_packaged_cks_defaults_mark_the_papers_values():
         assert "# paper" in line, line
     cfg = load_config(overrides={"recipe": "cks"})
     assert cfg["model"]["architecture"] == "lacss" and cfg["cks"]["prior_weight"] == 2.0
+
+
+def test_train_writes_a_detect_segment_model_that_loads_and_segments(tmp_path, capsys):
+    """``train`` with ``recipe: cks`` -> a model folder; ``load_model`` loads it, ``segment --model`` runs it."""
+    import json
+
+    from PIL import Image
+
+    from wsi_weakseg import cli
+    from wsi_weakseg.model.card import load_model
+    from wsi_weakseg.train.dataset import EvalItem, load_items, save_items
+    from wsi_weakseg.train.trainer import train
+
+    (a, _), (b, _) = disks(0), disks(1)
+    val_item, val_pts = disks(5, size=128, n=14)
+    yy, xx = np.mgrid[0:128, 0:128]
+    gt = np.zeros((128, 128), np.int32)
+    for k, (cy, cx) in enumerate(val_pts, start=1):
+        gt[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = k
+    val = [EvalItem("val", val_item.image, val_pts - 0.0, gt)]
+    saved = save_items(tmp_path / "items.npz", [a, b], val)
+    train_items, val_items = load_items(saved)
+    assert isinstance(train_items[0], PointItem) and np.array_equal(train_items[1].centre, b.centre)
+    cfg = _cfg(epochs=2)
+    result = train(cfg, tmp_path / "m", progress=False, max_steps=1, data=(train_items, val_items, [{"name": "x"}]))
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["model_type"] == "detect-segment" and card["architecture"] == "lacss" and card["window_um"] == 24.0
+    assert card["training"]["recipe"] == "cks" and "no watershed" in card["training"]["instances"]
+    assert card["arch_kwargs"] == {"width": 8, "det_strides": [4, 8, 16]} and result.best["net"] == PRINCIPAL
+    assert set(card["training"]["thresholds_tuning"]["chosen"]) == {"foreground", "centre"}
+    model = load_model(tmp_path / "m")
+    assert model.card.model_type == "detect-segment"
+    Image.fromarray(val_item.image).save(tmp_path / "small.png")
+    code = cli.main(["segment", str(tmp_path / "small.png"), "--model", str(tmp_path / "m"), "--mpp", "0.5",
+                     "-o", str(tmp_path / "out"), "--device", "cpu", "--no-progress", "--no-preview"])
+    assert code == 0
+    run = json.loads((tmp_path / "out" / "small.run.json").read_text())
+    assert run["model"]["sha256"] == model.sha256 and run["config"]["instance_params"]["window"] == 48
+    assert (tmp_path / "out" / "small.geojson").is_file() and (tmp_path / "out" / "small.ome.zarr").is_dir()

@@ -141,7 +141,8 @@ class LacssNet(nn.Module):
     fpn_channels : int, optional
         Pyramid width; default ``2 * width``.
     enc_channels, enc_size : int, optional
-        Location encoding shape; defaults ``max(4, width // 4)`` channels of 4 x 4.
+        Location encoding shape; defaults ``max(4, width // 4)`` channels of 4 x 4. The MLP's hidden layer and the
+        three mask convolutions are ``fpn_channels // 2`` wide.
     in_channels : int
         Input channels (3 for RGB).
 
@@ -163,7 +164,10 @@ class LacssNet(nn.Module):
         self.encoder = ResNet34Encoder(width, in_channels)
         self.fpn = FPN(self.encoder.channels[1:], channels)
         self.detect = DetectionHead(channels)
-        self.segment_head = SegmentationHead(channels, int(enc_channels or max(4, width // 4)), int(enc_size), channels)
+        # Half the pyramid's width in the mask convolutions: they run once per nucleus per window (hundreds per
+        # training crop), which made them the costliest part of a CPU step at full width.
+        self.segment_head = SegmentationHead(channels, int(enc_channels or max(4, width // 4)), int(enc_size),
+                                             max(8, channels // 2))
         self._he_init()
 
     def _he_init(self) -> None:

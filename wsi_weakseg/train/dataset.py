@@ -258,6 +258,10 @@ def load_items(path: Path) -> tuple[list[TrainItem], list[EvalItem]]:
             from .scribble_items import ScribbleItem
 
             train.append(ScribbleItem(str(g("name")), g("image"), g("scribble")))
+        elif f"train/{i}/voronoi" not in data:  # an item of the cks recipe (click heatmap only)
+            from .point_items import PointItem
+
+            train.append(PointItem(str(g("name")), g("image"), g("centre"), g("annotated")))
         else:
             train.append(TrainItem(str(g("name")), g("image"), g("voronoi"), g("cluster"), g("centre"), g("annotated")))
         i += 1
