@@ -17,7 +17,12 @@ from wsi_weakseg.engine.anchored import (
     rasterise,
 )
 from wsi_weakseg.errors import ModelCardError
-from wsi_weakseg.model.card import ModelCard, available_models, identity_sha256, load_model
+from wsi_weakseg.model.card import (
+    ModelCard,
+    available_models,
+    identity_sha256,
+    load_model,
+)
 from wsi_weakseg.model.lacss import LacssOutput
 
 

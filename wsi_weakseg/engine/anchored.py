@@ -35,7 +35,13 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from ..model.lacss import SEG_STRIDE, LacssOutput, window_cells, window_origin, window_reach
+from ..model.lacss import (
+    SEG_STRIDE,
+    LacssOutput,
+    window_cells,
+    window_origin,
+    window_reach,
+)
 from .instances import InstanceParams, clean_labels
 
 #: Offsets to the anchor are stored as uint8 with this bias (the card limits the window to 240 px: reach <= 123).
@@ -61,12 +67,12 @@ def anchored_params(card, mpp: float) -> AnchoredParams:
     """A detect-segment card's thresholds in working pixels and map levels at ``mpp`` µm/px."""
     t, window = card.thresholds, card.window_px(mpp)
     return AnchoredParams(
-        foreground=int(math.ceil(t["foreground"] * 255)),
-        centre=max(1, int(math.ceil(t["centre"] * 255))),
-        peak_radius=max(1, int(round(t["peak_radius_um"] / mpp))),
+        foreground=math.ceil(t["foreground"] * 255),
+        centre=max(1, math.ceil(t["centre"] * 255)),
+        peak_radius=max(1, round(t["peak_radius_um"] / mpp)),
         max_cost=float(window_reach(window)),
         path_weight=0.0,
-        min_area=max(1, int(round(t["min_area_um2"] / mpp**2))),
+        min_area=max(1, round(t["min_area_um2"] / mpp**2)),
         window=window,
     )
 

@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from ..errors import ModelCardError
-from ._identity import LATER_FIELDS, LEGACY_KEYS, NON_RESULT_FIELDS, bare_file_name, identity_sha256  # noqa: F401
+from ._identity import (  # noqa: F401
+    LATER_FIELDS,
+    LEGACY_KEYS,
+    NON_RESULT_FIELDS,
+    bare_file_name,
+    identity_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +186,7 @@ class ModelCard:
         """The mask window in working pixels at ``mpp`` (default the card's): ``window_um`` rounded to a multiple of 8."""
         if self.window_um is None:
             raise ModelCardError(f"model {self.name!r} is not a detect-segment model: it has no mask window")
-        return 8 * max(1, int(round(self.window_um / (mpp or self.mpp) / 8)))
+        return 8 * max(1, round(self.window_um / (mpp or self.mpp) / 8))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "card") -> ModelCard:

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.inference import STRIDE, Predictor, predict_image, predict_tiles, tile_origins
+from ..engine.inference import (
+    STRIDE,
+    Predictor,
+    predict_image,
+    predict_tiles,
+    tile_origins,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,5 +139,5 @@ def measure_anchored_context(predictor: Predictor, images: Sequence[np.ndarray],
 
     measured, _ = measure_context(predictor, images, tile, tolerance, candidates, channels=(1,))
     params = anchored_params(predictor.card, predictor.card.mpp)
-    extra = params.reach + int(math.ceil(predictor.card.thresholds["peak_radius_um"] / predictor.card.mpp))
+    extra = params.reach + math.ceil(predictor.card.thresholds["peak_radius_um"] / predictor.card.mpp)
     return -(-(measured + extra) // STRIDE) * STRIDE, measured

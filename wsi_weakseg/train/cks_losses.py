@@ -254,6 +254,6 @@ def collapse_loss(masks: torch.Tensor, valid: torch.Tensor, delta: float) -> tor
 def edge_mask(shape: tuple[int, int], margin: int) -> np.ndarray:
     """True except within ``margin`` pixels of the border (where nuclei clicked outside the patch show)."""
     out = np.zeros(shape, bool)
-    m = max(0, int(math.ceil(margin)))
+    m = max(0, math.ceil(margin))
     out[m : shape[0] - m, m : shape[1] - m] = True
     return out

@@ -53,7 +53,7 @@ PRINCIPAL, FOREGROUND, BORDER = "principal", "foreground", "border"
 
 def window_px(cfg: Mapping) -> int:
     """The mask window in working pixels: ``cks.window_um`` at ``data.mpp``, rounded to a multiple of 8."""
-    return 8 * max(1, int(round(float(cfg["cks"]["window_um"]) / float(cfg["data"]["mpp"]) / 8)))
+    return 8 * max(1, round(float(cfg["cks"]["window_um"]) / float(cfg["data"]["mpp"]) / 8))
 
 
 def build_principal(cfg: Mapping) -> LacssNet:
@@ -81,7 +81,7 @@ class Instances:
         anchors = np.floor(pts + 0.5).astype(np.int64).clip(0, np.array(shape) - 1)
         origins = window_origin(anchors, window)
         cells = np.concatenate([batch[:, None], anchors // 4], axis=1)
-        t = lambda a, dtype=torch.int64: torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)  # noqa: E731
+        t = lambda a, dtype=torch.int64: torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)
         return cls(t(batch), t(pts, torch.float32), t(origins), t(cells))
 
 
