@@ -11,12 +11,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model from QuPath point clicks, scribbles or a few drawn nuclei "
-        "(recipe: points | scribbles | few-masks)",
+        "(recipe: points | scribbles | few-masks | cks)",
         description="Train from point clicks (recipe: points, two co-trained ResNet34-UNets; "
         "wsi_weakseg/configs/train-points.yaml), from scribbles (recipe: scribbles, Scribble2Label; "
-        "train-scribbles.yaml) or from a few drawn nuclei plus unlabelled images (recipe: few-masks, cross-patch "
-        "dense contrastive learning with a mean teacher; train-few-masks.yaml) and write a model folder that "
-        "`segment --model` loads. A checkpoint is written every epoch; --resume continues it.",
+        "train-scribbles.yaml), from a few drawn nuclei plus unlabelled images (recipe: few-masks, cross-patch "
+        "dense contrastive learning with a mean teacher; train-few-masks.yaml) or from point clicks as a "
+        "detect-and-segment model (recipe: cks, collaborative knowledge sharing / LACSS: ResNet34-FPN detection + "
+        "per-nucleus masks, no watershed; train-cks.yaml) and write a model folder that `segment --model` loads. "
+        "A checkpoint is written every epoch; --resume continues it.",
     )
     p.add_argument("--config", required=True, help="training config YAML (layered over the packaged defaults)")
     p.add_argument("--out", required=True, help="model folder to write")

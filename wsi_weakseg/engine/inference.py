@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..model.card import ModelCard
+from ..model.card import DETECT_SEGMENT, ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,13 @@ class Predictor:
         Test-time augmentation: average the probabilities over the identity (1), the four flips (4), or the
         eight symmetries of the square (8: flips and transposes; square tiles only). Flipping a tile whose
         sides are multiples of the stride keeps it on the stride grid, so tiled == whole still holds within
-        the context tolerance. Costs ``tta`` forward passes per tile.
+        the context tolerance. Costs ``tta`` forward passes per tile. ``detect-segment`` models take 1 only.
+
+    Notes
+    -----
+    A ``detect-segment`` card's network gives detections and masks, not maps: its outputs are decoded tile by
+    tile into four maps (:class:`~.anchored.AnchoredDecoder`: foreground and centre probabilities, then the
+    offsets from each pixel to its nucleus's anchor), which the instance stage reads like any other maps.
     """
 
     def __init__(self, net: torch.nn.Module, card: ModelCard, device: str = "auto", tta: int = 1) -> None:
@@ -97,7 +103,14 @@ class Predictor:
         norm = card.normalization
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.n_maps = len(card.heads)
+        self.decoder = None
+        if card.model_type == DETECT_SEGMENT:
+            from .anchored import AnchoredDecoder
+
+            if tta != 1:
+                raise ValueError("test-time augmentation is for dense-map models; detect-segment models take tta=1")
+            self.decoder = AnchoredDecoder(card)
+        self.n_maps = self.decoder.n_maps if self.decoder is not None else len(card.heads)
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray, crop: int = 0) -> np.ndarray:
@@ -105,6 +118,8 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        if self.decoder is not None:
+            return self.decoder(self.net, self._raw, x, crop)
         y = sum(undo(self._forward(do(x))) for do, undo in _symmetries(self.tta, x.shape[2] == x.shape[3]))
         y = y / self.tta if self.tta > 1 else y
         if crop:
@@ -112,14 +127,16 @@ class Predictor:
         return torch.round(y.clamp(0.0, 1.0) * 255.0).to(torch.uint8).cpu().numpy()
 
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities (or raw maps) of the card's heads, float32."""
+    def _raw(self, x: torch.Tensor):
+        """The network's own output (fp16 autocast on CUDA)."""
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
-                y = self.net(x.contiguous(memory_format=torch.channels_last))
-        else:
-            y = self.net(x.contiguous(memory_format=torch.channels_last))
-        y = y[:, : self.n_maps].float()
+                return self.net(x.contiguous(memory_format=torch.channels_last))
+        return self.net(x.contiguous(memory_format=torch.channels_last))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities (or raw maps) of the card's heads, float32."""
+        y = self._raw(x)[:, : self.n_maps].float()
         return torch.sigmoid(y) if self.card.activation == "sigmoid" else y
 
 

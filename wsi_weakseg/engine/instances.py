@@ -82,7 +82,14 @@ class InstanceParams:
 
 
 def params_from_card(card, mpp: float) -> InstanceParams:
-    """A model card's thresholds (microns, probabilities) in working pixels and map levels at ``mpp`` µm/px."""
+    """A model card's thresholds (microns, probabilities) in working pixels and map levels at ``mpp`` µm/px.
+
+    A ``detect-segment`` card gives :class:`~.anchored.AnchoredParams`, which the instance stage dispatches on.
+    """
+    if card.model_type == "detect-segment":
+        from .anchored import anchored_params
+
+        return anchored_params(card, mpp)
     t = card.thresholds
     return InstanceParams(
         foreground=int(math.ceil(t["foreground"] * 255)),
@@ -254,7 +261,8 @@ def label_image(
     Parameters
     ----------
     maps : ndarray (2, H, W) uint8
-        Foreground and centre maps (probability x 255).
+        Foreground and centre maps (probability x 255); for :class:`~.anchored.AnchoredParams`, the four maps of
+        a detect-segment model (:func:`~.anchored.label_anchored`).
     params : InstanceParams
     origin, width : optional
         Where the window sits in a larger working grid of ``width`` columns (default: the window is the
@@ -266,10 +274,15 @@ def label_image(
     ndarray (H, W) int32
         0 background, nuclei 1..n numbered in raster order of their markers (the ids ``segment`` writes).
     """
-    fg, centre = np.asarray(maps[0]), np.asarray(maps[1])
-    markers = find_markers(centre, fg, params)
-    labels, _, _ = assign_pixels(centre, fg, markers, params, origin, width)
-    labels = clean_labels(labels, markers, params)
+    from .anchored import AnchoredParams, label_anchored
+
+    if isinstance(params, AnchoredParams):
+        labels, markers, _ = label_anchored(np.asarray(maps), params, origin)
+    else:
+        fg, centre = np.asarray(maps[0]), np.asarray(maps[1])
+        markers = find_markers(centre, fg, params)
+        labels, _, _ = assign_pixels(centre, fg, markers, params, origin, width)
+        labels = clean_labels(labels, markers, params)
     kept = np.zeros(len(markers) + 1, dtype=bool)
     kept[np.unique(labels)] = True
     kept[0] = False

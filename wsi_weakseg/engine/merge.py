@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import ProcessingError
 from ..io.polygons import valid_ragged
+from .anchored import AnchoredParams, label_anchored
 from .instances import (
     InstanceParams,
     assign_pixels,
@@ -103,16 +104,24 @@ class Window:
 
 
 def label_window(win: np.ndarray, window: Window, params: InstanceParams, anchor_filter=None):
-    """The instance rules on one window: (labels, markers, oversized flags), labels indexing ``markers``."""
-    fg, centre = win[0], win[1]
-    markers = find_markers(centre, fg, params)
-    markers = markers[window.reliable(markers, params.peak_radius)]
-    labels, owner, cost = assign_pixels(centre, fg, markers, params, (window.wy0, window.wx0), window.image_shape[1])
-    labels = clean_labels(labels, markers, params)
+    """The instance rules on one window: (labels, markers, oversized flags), labels indexing ``markers``.
+
+    The rules are the model type's: markers and geodesic assignment on dense maps, or the anchors a
+    detect-segment model's maps point at (:func:`~.anchored.label_anchored`, for :class:`~.anchored.AnchoredParams`).
+    """
+    if isinstance(params, AnchoredParams):
+        labels, markers, flags = label_anchored(win, params, (window.wy0, window.wx0))
+    else:
+        fg, centre = win[0], win[1]
+        markers = find_markers(centre, fg, params)
+        markers = markers[window.reliable(markers, params.peak_radius)]
+        labels, owner, cost = assign_pixels(centre, fg, markers, params, (window.wy0, window.wx0), window.image_shape[1])
+        labels = clean_labels(labels, markers, params)
+        flags = oversized(owner, cost, len(markers), params)
     if anchor_filter is not None and len(markers):
         rejected = np.concatenate([[False], ~anchor_filter(markers[:, 0] + window.wy0, markers[:, 1] + window.wx0)])
         labels[rejected[labels]] = 0
-    return labels, markers, oversized(owner, cost, len(markers), params)
+    return labels, markers, flags
 
 
 def owned_nuclei(labels, markers, flags, win, window: Window, reach: int,
@@ -180,8 +189,9 @@ def process_block(
 
     Parameters
     ----------
-    maps : array-like (2, H, W) uint8
-        Foreground and centre maps (a zarr array; only the window is read).
+    maps : array-like (K, H, W) uint8
+        Foreground and centre maps (a zarr array; only the window is read), plus the anchor offsets of a
+        detect-segment model (:mod:`.anchored`).
     keys_out : array-like (H, W) uint32
         Label keys, chunked by ``block`` so this block is its only writer.
     by, bx : int

@@ -27,7 +27,7 @@ from ..errors import (
     ProcessingError,
     WsiWeaksegError,
 )
-from ..model.card import DEFAULT_MODEL, Model, load_model
+from ..model.card import DEFAULT_MODEL, DETECT_SEGMENT, Model, load_model
 from .features import DetectionFormat
 from .inference import STRIDE, Predictor, predict_tiles, resolve_device
 from .instances import InstanceParams, params_from_card
@@ -278,6 +278,11 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         store = OmeZarrWriter(tmp / names.zarr, (H, W), view.mpp, card.heads, chunk=tile,
                               label_chunk=opts.block_size, name=names.stem,
                               translation_um=grid_translation_um((fy, fx), frame.scale, slide.mpp), resume=True)
+        maps = store.image
+        if card.model_type == DETECT_SEGMENT:  # the anchor offsets beside the probability maps (engine/anchored.py)
+            from .anchored import AnchoredMaps
+
+            maps = AnchoredMaps.create(store.image, tmp / "anchors.zarr", tile)
         cls = card.classes[0]
         formatter = DetectionFormat(
             fingerprint=fingerprint, model_sha=model.sha256, scale=frame.scale, offset=frame.offset, mpp=view.mpp,
@@ -287,7 +292,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         waiting = [t for t in plan.tiles if t not in partial.reused_tiles]
         counter = ProgressCounter(opts.on_progress)  # tiles inferred + blocks finished
         with progress_bar(0, "instances", opts.progress) as bar, instance_stage(
-                store.image, tmp, params, opts, counter.bar(bar), anchor_filter, formatter, waiting, plan.tile) as stage:
+                maps, tmp, params, opts, counter.bar(bar), anchor_filter, formatter, waiting, plan.tile) as stage:
             bar.total = len(stage.blocks)
             bar.update(len(stage.reused))
             counter.start(len(plan.tiles) + len(stage.blocks), len(partial.reused_tiles) + len(stage.reused))
@@ -296,7 +301,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
                 stage.tiles_done(origins)
                 counter.add(len(origins))
 
-            device = infer_maps(model, view, plan, store.image, opts, partial, tiles_done)
+            device = infer_maps(model, view, plan, maps, opts, partial, tiles_done)
             clock.lap("inference")  # blocks whose tiles were done ran meanwhile
             inst = stage.finish(store.labels["nuclei"])
         clock.lap("instances")
@@ -305,7 +310,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         pictures = write_pictures(tmp, names.stem, slide, view, tissue, inst.sorted_keys, store.labels["nuclei"],
                                   opts.overlays, opts.preview)
         clock.lap("pictures")
-        _warn_oversized(slide_path, inst.n_oversized, card.max_reach_um)
+        _warn_oversized(slide_path, inst.n_oversized, card)
         if inst.n_repaired:
             log.warning("%s: %d nucleus outline(s) traced invalid were repaired before writing (run.json "
                         "nuclei_repaired); please report the slide if this is frequent", slide_path.name,
@@ -344,8 +349,13 @@ def _publish(tmp: Path, output_dir: Path, names: OutputNames, pictures: list[str
     return final
 
 
-def _warn_oversized(slide_path: Path, n_oversized: int, max_reach_um: float) -> None:
-    if n_oversized:
+def _warn_oversized(slide_path: Path, n_oversized: int, card) -> None:
+    if n_oversized and card.model_type == DETECT_SEGMENT:
+        log.warning("%s: %d nucle%s reach the edge of the model's mask window (window_um = %g µm) and were cut there; "
+                    "inspect them (large or merged nuclei) or use a model with a larger window",
+                    slide_path.name, n_oversized, "us" if n_oversized == 1 else "i", card.window_um)
+    elif n_oversized:
+        max_reach_um = card.max_reach_um
         log.warning(
             "%s: %d nucle%s reach the model's geodesic reach from their marker (max_reach_um = %g µm) and were cut there; "
             "inspect them (large or merged nuclei) or use a model card with a larger max_reach_um",

@@ -21,6 +21,13 @@ import torch
 from torch import nn
 
 from ..errors import ModelCardError
+from ._identity import (  # noqa: F401
+    LATER_FIELDS,
+    LEGACY_KEYS,
+    NON_RESULT_FIELDS,
+    bare_file_name,
+    identity_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,12 @@ BASELINE_MODEL = "hematoxylin-baseline"
 #: The model ``segment`` uses when none is given: trained from point clicks only (issue 4, docs/training.md).
 DEFAULT_MODEL = "nuclei-points-v2"
 HEADS = ("foreground", "centre")
+#: Model types (the card's ``model_type``): how the engine turns a network's output into nuclei.
+#: ``dense-maps``: foreground + centre maps, engine markers and geodesic split (every model before issue 17);
+#: ``detect-segment``: the network detects nuclei and segments each in a window (LACSS, :mod:`.lacss`).
+DENSE_MAPS = "dense-maps"
+DETECT_SEGMENT = "detect-segment"
+MODEL_TYPES = (DENSE_MAPS, DETECT_SEGMENT)
 
 DEFAULT_THRESHOLDS = {
     "foreground": 0.5,  # foreground probability above which a pixel can belong to a nucleus
@@ -50,7 +63,7 @@ class ModelCard:
     name : str
         Model name.
     architecture : str
-        ``"resnet34-unet"`` or ``"hematoxylin-baseline"``.
+        ``"resnet34-unet"``, ``"hematoxylin-baseline"`` or ``"lacss"``.
     arch_kwargs : dict
         Keyword arguments of the architecture's constructor.
     mpp : float
@@ -91,6 +104,16 @@ class ModelCard:
         Summary of the training data and recipe.
     metrics : dict or None
         Validation metrics.
+    model_type : str
+        How nuclei come out of the network (:data:`MODEL_TYPES`): ``"dense-maps"`` (default; foreground and
+        centre maps, engine markers and geodesic split) or ``"detect-segment"`` (detections, each with a mask in
+        a window; the thresholds then read: ``centre`` = detection probability, ``peak_radius_um`` = the radius
+        within which a detection must be the best to be kept, ``foreground`` = mask probability;
+        ``path_weight`` is unused).
+    window_um : float or None
+        ``detect-segment`` only: side of the square mask window around each detection, in microns (rounded to
+        a multiple of 8 working pixels). No pixel of a nucleus is farther than half of it (plus 3 px) from its
+        detected location, which sets the merge halo in place of ``max_reach_um``.
     """
 
     name: str
@@ -114,6 +137,8 @@ class ModelCard:
     license: str = ""
     training: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    model_type: str = DENSE_MAPS
+    window_um: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -134,13 +159,34 @@ class ModelCard:
             problems.append(f"thresholds lack {sorted(missing)}")
         if not self.classes or any("name" not in c or len(c.get("color", ())) != 3 for c in self.classes):
             problems.append("classes must be a non-empty list of {name, color: [r, g, b]}")
-        if self.weights is not None and not _bare_file_name(self.weights):
+        if self.weights is not None and not bare_file_name(self.weights):
             problems.append(
                 f"weights must be the bare name of a file in the model folder (e.g. 'weights.pt'), got "
                 f"{self.weights!r}; copy the weights into the folder and give their file name"
             )
+        problems += self._type_problems()
         if problems:
             raise ModelCardError(f"invalid model card {self.name!r}: " + "; ".join(problems))
+
+    def _type_problems(self) -> list[str]:
+        """What is wrong with ``model_type`` and ``window_um``."""
+        if self.model_type not in MODEL_TYPES:
+            return [f"model_type must be one of {list(MODEL_TYPES)}, got {self.model_type!r}"]
+        if (self.architecture == "lacss") != (self.model_type == DETECT_SEGMENT):
+            return ["architecture 'lacss' goes with model_type 'detect-segment' (and only it)"]
+        if self.model_type == DENSE_MAPS:
+            return [] if self.window_um is None else ["window_um is for model_type 'detect-segment' only"]
+        if not (isinstance(self.window_um, (int, float)) and math.isfinite(self.window_um) and self.window_um > 0):
+            return [f"model_type 'detect-segment' needs a positive window_um, got {self.window_um!r}"]
+        if not 8 <= self.window_px() <= 240:
+            return [f"window_um {self.window_um} is {self.window_px()} px at {self.mpp} µm/px; it must be 8 to 240 px"]
+        return []
+
+    def window_px(self, mpp: float | None = None) -> int:
+        """The mask window in working pixels at ``mpp`` (default the card's): ``window_um`` rounded to a multiple of 8."""
+        if self.window_um is None:
+            raise ModelCardError(f"model {self.name!r} is not a detect-segment model: it has no mask window")
+        return 8 * max(1, round(self.window_um / (mpp or self.mpp) / 8))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "card") -> ModelCard:
@@ -166,52 +212,6 @@ class ModelCard:
     def px(self, microns: float) -> float:
         """Convert a length in microns to working pixels."""
         return microns / self.mpp
-
-
-def _bare_file_name(name: object) -> bool:
-    """True for a plain file name: no folder part, no ``..``, not absolute, not empty.
-
-    Examples
-    --------
-    >>> [_bare_file_name(n) for n in ("weights.pt", "../w.pt", "/tmp/w.pt", "a\\\\w.pt", "C:w.pt", "")]
-    [True, False, False, False, False, False]
-    """
-    return (isinstance(name, str) and name.strip() == name and name not in ("", ".")
-            and not any(c in name for c in "/\\:\0") and ".." not in name)
-
-
-#: Former card key -> current field. The identity hash keeps the former names (identity format 1), so a
-#: renamed field never changes a model's sha256, its detections' ids or a cohort's done-manifest.
-LEGACY_KEYS = {"max_nucleus_um": "max_reach_um"}
-
-#: Card fields that do not change what the model outputs for a slide; every other field does and is part
-#: of :attr:`Model.sha256`. (The weights file name is covered by the weights' content instead.)
-NON_RESULT_FIELDS = frozenset({"name", "description", "license", "training", "metrics", "weights", "weights_sha256"})
-
-
-def identity_sha256(card: ModelCard, weights_sha256: str | None) -> str:
-    """Model identity: sha256 over the weights' sha256 and a canonical JSON of the result-affecting card fields.
-
-    Parameters
-    ----------
-    card : ModelCard
-    weights_sha256 : str or None
-        sha256 of the weights file's bytes (None for a parameter-free model).
-
-    Returns
-    -------
-    str
-        Hex digest. It changes when the weights or any field outside :data:`NON_RESULT_FIELDS`
-        (thresholds, mpp, architecture, normalisation, tile/context, classes ...) changes, and stays
-        the same when only the name, description, licence, metrics or training history change.
-    """
-    current = {new: old for old, new in LEGACY_KEYS.items()}
-    fields = {current.get(k, k): v for k, v in card.to_dict().items() if k not in NON_RESULT_FIELDS}
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    h = hashlib.sha256(b"wsi-weakseg model identity 1\n")
-    h.update((weights_sha256 or "no-weights").encode() + b"\n")
-    h.update(canonical.encode())
-    return h.hexdigest()
 
 
 @dataclass
@@ -245,11 +245,15 @@ def build_net(card: ModelCard) -> nn.Module:
             from .baseline import HematoxylinBaseline
 
             return HematoxylinBaseline(**card.arch_kwargs)
-    except TypeError as exc:
+        if card.architecture == "lacss":
+            from .lacss import LacssNet
+
+            return LacssNet(**card.arch_kwargs)
+    except (TypeError, ValueError) as exc:
         raise ModelCardError(f"model {card.name!r}: bad arch_kwargs {card.arch_kwargs}: {exc}") from None
     raise ModelCardError(
         f"model {card.name!r}: unknown architecture {card.architecture!r}; "
-        "use 'resnet34-unet' or 'hematoxylin-baseline'"
+        "use 'resnet34-unet', 'hematoxylin-baseline' or 'lacss'"
     )
 
 

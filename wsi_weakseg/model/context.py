@@ -9,12 +9,19 @@ image; the smallest context whose maps agree within tolerance wins.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.inference import STRIDE, Predictor, predict_image, predict_tiles, tile_origins
+from ..engine.inference import (
+    STRIDE,
+    Predictor,
+    predict_image,
+    predict_tiles,
+    tile_origins,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +45,10 @@ class ContextMeasurement:
     mean_abs: float
 
 
-def compare_context(predictor: Predictor, images: Sequence[np.ndarray], tile: int, context: int) -> ContextMeasurement:
-    """Tiled (``tile``, ``context``) versus whole-image maps of each image; worst case over images."""
+def compare_context(predictor: Predictor, images: Sequence[np.ndarray], tile: int, context: int,
+                    channels: Sequence[int] | None = None) -> ContextMeasurement:
+    """Tiled (``tile``, ``context``) versus whole-image maps of each image; worst case over images and ``channels``
+    (default: every map)."""
     worst, total, count = 0.0, 0.0, 0
     for image in images:
         shape = image.shape[:2]
@@ -50,7 +59,8 @@ def compare_context(predictor: Predictor, images: Sequence[np.ndarray], tile: in
             return image[y : y + h, x : x + w]
 
         predict_tiles(predictor, read, shape, tiled, tile_origins(shape, tile), tile, context, batch_size=4, num_workers=1)
-        diff = np.abs(tiled.astype(np.int16) - whole.astype(np.int16)) / 255.0
+        keep = list(range(whole.shape[0])) if channels is None else list(channels)
+        diff = np.abs(tiled[keep].astype(np.int16) - whole[keep].astype(np.int16)) / 255.0
         worst = max(worst, float(diff.max()))
         total += float(diff.sum())
         count += diff.size
@@ -63,6 +73,7 @@ def measure_context(
     tile: int,
     tolerance: float = 0.01,
     candidates: Sequence[int] = (0, 32, 64, 96, 128, 160, 192, 256),
+    channels: Sequence[int] | None = None,
 ) -> tuple[int, list[ContextMeasurement]]:
     """Smallest context (multiple of 32) whose tiled maps are within ``tolerance`` of whole-image maps.
 
@@ -78,6 +89,9 @@ def measure_context(
         Largest allowed absolute probability difference at any pixel.
     candidates : sequence of int
         Contexts to try, ascending.
+    channels : sequence of int, optional
+        Maps compared (default all); a detect-segment model's continuous detection map alone
+        (:func:`measure_anchored_context`).
 
     Returns
     -------
@@ -95,10 +109,35 @@ def measure_context(
         raise ValueError(f"context candidates must be multiples of {STRIDE}")
     out: list[ContextMeasurement] = []
     for c in candidates:
-        m = compare_context(predictor, images, tile, c)
+        m = compare_context(predictor, images, tile, c, channels)
         out.append(m)
         log.info("context %d px: max |tiled - whole| = %.4f, mean %.5f", c, m.max_abs, m.mean_abs)
         if m.max_abs <= tolerance:
             return c, out
     log.warning("no candidate context reached tolerance %.3f; using %d px", tolerance, candidates[-1])
     return candidates[-1], out
+
+
+def measure_anchored_context(predictor: Predictor, images: Sequence[np.ndarray], tile: int, tolerance: float = 0.01,
+                             candidates: Sequence[int] = (0, 32, 64, 96, 128, 160, 192, 256)) -> tuple[int, int]:
+    """Context of a detect-segment model: its detection map's measured context plus what its decisions reach.
+
+    A tile's maps need the detections anchored within the mask window's reach of its core, and each of those is
+    decided by the detections within the non-maximum radius of it; those detections must see what a whole-image
+    run sees. So the context is the smallest candidate whose tiled detection map (the ``centre`` map, the
+    network's own continuous output) is within ``tolerance`` of the whole-image one, plus ``reach + radius``,
+    rounded up to a multiple of the stride.
+
+    Returns
+    -------
+    context : int
+        For the card.
+    measured : int
+        The detection map's own context.
+    """
+    from ..engine.anchored import anchored_params
+
+    measured, _ = measure_context(predictor, images, tile, tolerance, candidates, channels=(1,))
+    params = anchored_params(predictor.card, predictor.card.mpp)
+    extra = params.reach + math.ceil(predictor.card.thresholds["peak_radius_um"] / predictor.card.mpp)
+    return -(-(measured + extra) // STRIDE) * STRIDE, measured

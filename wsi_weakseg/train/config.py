@@ -16,7 +16,7 @@ import yaml
 from ..errors import ConfigError
 
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = ("points", "scribbles", "few-masks")
+RECIPES = ("points", "scribbles", "few-masks", "cks")
 
 
 def packaged_defaults(recipe: str = "points") -> dict[str, Any]:
@@ -86,7 +86,8 @@ def _check(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'augment.stain' must be a number >= 0, got {stain!r}")
     if stain >= 1:
         raise ConfigError("augment.stain must be below 1 (it scales optical densities by U(1 - s, 1 + s))")
-    checks = {"points": _check_points, "scribbles": _check_scribbles, "few-masks": _check_few_masks}
+    checks = {"points": _check_points, "scribbles": _check_scribbles, "few-masks": _check_few_masks,
+              "cks": _check_cks}
     checks[cfg["recipe"]](cfg, positive)
 
 
@@ -123,6 +124,36 @@ def _check_few_masks(cfg: dict[str, Any], positive) -> None:
         raise ConfigError(f"few_masks.patch_um {f['patch_um']} is {patch} px at data.mpp {cfg['data']['mpp']}: it "
                           "must be a multiple of 4 px (the projector's feature stride) that divides data.crop "
                           f"({cfg['data']['crop']}); e.g. patch_um 8 at 0.5 µm/px (16 px) with crop 224")
+
+
+
+def _check_cks(cfg: dict[str, Any], positive) -> None:
+    c = cfg["cks"]
+    for p in ("window_um", "det_smooth_um", "focal_gamma", "prior_d_um", "collapse_delta", "point_sigma_um", "nms_um"):
+        positive(f"cks.{p}")
+    positive("cks.border_channels", integer=True)
+    for p in ("prior_weight", "edge_um"):
+        if not (isinstance(c[p], (int, float)) and not isinstance(c[p], bool) and 0 <= c[p] < 1e6):
+            raise ConfigError(f"config key 'cks.{p}' must be a number >= 0, got {c[p]!r}")
+    for p in ("focal_alpha", "detection_threshold"):
+        if not (isinstance(c[p], (int, float)) and 0 < c[p] < 1):
+            raise ConfigError(f"config key 'cks.{p}' must be in (0, 1), got {c[p]!r}")
+    for p in ("consistency_collaborator", "consistency_principal"):
+        if c[p] not in ("linear", "ce"):
+            raise ConfigError(f"cks.{p} must be 'linear' (the paper's) or 'ce' (its ablation), got {c[p]!r}")
+    strides = c["det_strides"]
+    if (not isinstance(strides, list) or not strides or len(set(strides)) != len(strides)
+            or any(s not in (4, 8, 16, 32) for s in strides)):
+        raise ConfigError(f"cks.det_strides must be a list of distinct values of 4, 8, 16, 32, got {strides!r}")
+    chans = c["collaborator_channels"]
+    if not (isinstance(chans, list) and len(chans) == 3 and all(isinstance(v, int) and v > 0 for v in chans)):
+        raise ConfigError(f"cks.collaborator_channels must be three positive integers, got {chans!r}")
+    mpp = float(cfg["data"]["mpp"])
+    if not 8 <= c["window_um"] / mpp <= 240:
+        raise ConfigError(f"cks.window_um {c['window_um']} is {c['window_um'] / mpp:.0f} px at data.mpp {mpp}; "
+                          "it must span 8 to 240 px")
+    if cfg["model"]["architecture"] != "lacss":
+        raise ConfigError(f"the cks recipe trains model.architecture 'lacss', got {cfg['model']['architecture']!r}")
 
 
 def _check_scribbles(cfg: dict[str, Any], positive) -> None:

@@ -258,6 +258,10 @@ def load_items(path: Path) -> tuple[list[TrainItem], list[EvalItem]]:
             from .scribble_items import ScribbleItem
 
             train.append(ScribbleItem(str(g("name")), g("image"), g("scribble")))
+        elif f"train/{i}/annotated" in data and f"train/{i}/voronoi" not in data:  # cks: heatmap + region only
+            from .point_items import PointItem
+
+            train.append(PointItem(str(g("name")), g("image"), g("centre"), g("annotated")))
         elif f"train/{i}/mask" in data or f"train/{i}/voronoi" not in data:  # few-masks: labelled or unlabelled
             from .mask_items import MaskItem
 

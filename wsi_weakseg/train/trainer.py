@@ -24,9 +24,9 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError
-from ..model.card import ModelCard, save_model
-from ..model.resnet_unet import ResNet34UNet
+from ..model.card import DETECT_SEGMENT, ModelCard, build_net, save_model
 from .checkpoint import load_checkpoint, save_checkpoint
+from .cks_recipe import CksRecipe
 from .curves import CURVES, write_curves
 from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_items
 from .few_masks_recipe import FewMasksRecipe
@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 BEST = "best.pt"
 LICENCE_NOTE = "weights inherit the licences of their training data (see training.data)"
 #: Recipe classes by ``cfg["recipe"]``, and what each learns from (the card's description).
-RECIPES = {"points": PointsRecipe, "scribbles": ScribblesRecipe, "few-masks": FewMasksRecipe}
+RECIPES = {"points": PointsRecipe, "scribbles": ScribblesRecipe, "few-masks": FewMasksRecipe, "cks": CksRecipe}
 _LEARNS_FROM = {"points": "point clicks", "scribbles": "scribbles",
-                "few-masks": "a few drawn nucleus masks and unlabelled images"}
+                "few-masks": "a few drawn nucleus masks and unlabelled images", "cks": "point clicks"}
 #: How instances come out of each recipe's maps (recorded in the card).
 INSTANCES = {
     "points": "centre head trained on Gaussian bumps at the clicks; engine markers + geodesic split",
@@ -51,6 +51,8 @@ INSTANCES = {
                  "(y_n > 0.5) where the pseudo label is decided; engine markers + geodesic split",
     "few-masks": "centre head trained on Gaussian bumps at the centroids of the drawn nuclei (and at clicks of "
                  "click-only items), inside the annotated regions; engine markers + geodesic split",
+    "cks": "detection branch (focal BCE on the clicks' grid cells) anchors each nucleus and the segmentation branch "
+           "gives its mask in a window (collaborative knowledge sharing, LACSS); engine detect-segment type, no watershed",
 }
 
 
@@ -66,6 +68,18 @@ class TrainResult:
 
 def model_card(cfg: Mapping, name: str, context_px: int = 64) -> ModelCard:
     """The card of a net trained with ``cfg`` (thresholds at their defaults until tuned)."""
+    if cfg["recipe"] == "cks":
+        c = cfg["cks"]
+        card = ModelCard(
+            name=name, architecture="lacss", model_type=DETECT_SEGMENT, window_um=float(c["window_um"]),
+            mpp=float(cfg["data"]["mpp"]), arch_kwargs={"width": int(cfg["model"]["width"]),
+                                                        "det_strides": [int(v) for v in c["det_strides"]]},
+            tile_size=512, context_px=context_px,
+            description=f"ResNet34-FPN detect-and-segment net (LACSS) trained from point clicks with the cks recipe "
+                        f"(wsi-weakseg {__version__})",
+        )
+        card.thresholds.update({"centre": float(c["detection_threshold"]), "peak_radius_um": float(c["nms_um"])})
+        return card
     return ModelCard(
         name=name, architecture="resnet34-unet", mpp=float(cfg["data"]["mpp"]),
         arch_kwargs={"width": int(cfg["model"]["width"])}, tile_size=512, context_px=context_px,
@@ -97,6 +111,10 @@ def load_data(cfg: Mapping, work: Path) -> tuple[list[TrainItem], list[EvalItem]
         from .mask_items import build_mask_items
 
         train_items, summary = build_mask_items(train_spec, cfg)
+    elif cfg["recipe"] == "cks":
+        from .point_items import build_point_items
+
+        train_items, summary = build_point_items(train_spec, cfg)
     else:
         cache = Path(d["cache_dir"]) if d["cache_dir"] else work / "label-cache"
         train_items, summary = build_items(train_spec, cfg, cache)
@@ -222,7 +240,7 @@ def train(
 
     history = run(cfg, recipe, work, resume=resume, validate=validate_epoch, on_step=step_hook, max_steps=max_steps,
                   after_epoch=epoch_hook)
-    net = ResNet34UNet(out_channels=2, width=int(cfg["model"]["width"]))
+    net = build_net(card)
     if (work / BEST).is_file():
         saved = load_checkpoint(work / BEST)
         net.load_state_dict(saved["state"])
@@ -252,14 +270,19 @@ def train(
 
 
 def _measure_context(net: torch.nn.Module, card: ModelCard, images: Sequence[np.ndarray]) -> int:
-    """Context for tiled == whole-image maps within 0.01 on up to two images (tile 128, multiples of 32)."""
+    """Context for tiled == whole-image maps within 0.01 on up to two images (tile 128, multiples of 32); for a
+    detect-segment model, its detection map's context plus the reach of its decisions."""
     from ..engine.inference import Predictor
-    from ..model.context import measure_context
+    from ..model.context import measure_anchored_context, measure_context
 
     usable = [im for im in images if min(im.shape[:2]) >= 256][:2]
     if not usable:
         log.warning("no image of at least 256 px to measure the context on; keeping %d px", card.context_px)
         return card.context_px
+    if card.model_type == DETECT_SEGMENT:
+        context, measured = measure_anchored_context(Predictor(net, card, "cpu"), usable, tile=128)
+        log.info("detect-segment context: %d px (detection map %d px + window reach + radius)", context, measured)
+        return context
     context, _ = measure_context(Predictor(net, card, "cpu"), usable, tile=128)
     return context
 

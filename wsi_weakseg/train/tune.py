@@ -1,5 +1,8 @@
 """Post-processing thresholds tuned on validation: the net's maps are predicted once, the instance rules re-run per setting.
 
+(A detect-segment model decides its detections while its maps are made, so its maps are predicted once per
+detection threshold and radius tried, and the mask threshold and minimum area re-run on them.)
+
 A small grid over the foreground and centre-marker thresholds (the two that trade merges against splits and
 misses against false detections), optionally also the minimum nucleus area and the marker peak radius; the
 card's current values are always in the grid, so tuning never picks a setting that scores worse on validation
@@ -60,8 +63,19 @@ def tune_thresholds(
     table : list of dict
         The thresholds tried and the ``metric`` of every setting.
     """
-    predictor = Predictor(copy.deepcopy(net), card, "cpu")
-    maps = [predict_maps(predictor, it.image) for it in items]  # predict_instances' maps, once per item
+    net = copy.deepcopy(net)
+    # Maps once per item; a detect-segment model's maps also hold its detection decisions, so for it once per
+    # (centre, peak_radius_um) setting (engine/anchored.py).
+    decoding = ("centre", "peak_radius_um") if card.model_type == "detect-segment" else ()
+    cache: dict[tuple, list[np.ndarray]] = {}
+
+    def maps_of(trial: ModelCard) -> list[np.ndarray]:
+        key = tuple(trial.thresholds[k] for k in decoding)
+        if key not in cache:
+            predictor = Predictor(net, trial, "cpu")
+            cache[key] = [predict_maps(predictor, it.image) for it in items]  # predict_instances' maps
+        return cache[key]
+
     radius_px = radius_um / card.mpp
     base = dict(card.thresholds)
     keys = ("foreground", "centre", "min_area_um2", "peak_radius_um")
@@ -72,7 +86,7 @@ def tune_thresholds(
         trial = dataclasses.replace(card, thresholds={**base, **dict(zip(keys, setting))})
         params = params_from_card(trial, card.mpp)
         aji, f1 = [], []
-        for it, m in zip(items, maps):
+        for it, m in zip(items, maps_of(trial)):
             labels = label_image(m, params)
             if metric in ("aji", "aji+f1") and it.labels is not None:
                 aji.append(evaluate_instances(labels, it.labels, radius_px=radius_px)["aji"])
