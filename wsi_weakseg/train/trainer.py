@@ -48,7 +48,8 @@ _LEARNS_FROM = {"points": "point clicks", "scribbles": "scribbles",
 INSTANCES = {
     "points": "centre head trained on Gaussian bumps at the clicks; engine markers + geodesic split",
     "scribbles": "centre head trained on the per-component normalised distance transform of the EMA mask "
-                 "(y_n > 0.5) where the pseudo label is decided; engine markers + geodesic split",
+                 "(y_n > 0.5, strokes overruling it) where the pseudo label is decided or a stroke lies; "
+                 "engine markers + geodesic split",
     "few-masks": "centre head trained on Gaussian bumps at the centroids of the drawn nuclei (and at clicks of "
                  "click-only items), inside the annotated regions; engine markers + geodesic split",
     "cks": "detection branch (focal BCE on the clicks' grid cells) anchors each nucleus and the segmentation branch "
