@@ -200,7 +200,7 @@ class ModelCard:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ModelCardError(f"{source}: unknown model-card keys {unknown}; known keys are {sorted(known)}")
+            raise ModelCardError(f"{source}: unknown model-card keys {unknown}; {_key_advice(unknown, known)}")
         try:
             return cls(**data)
         except TypeError as exc:
@@ -212,6 +212,23 @@ class ModelCard:
     def px(self, microns: float) -> float:
         """Convert a length in microns to working pixels."""
         return microns / self.mpp
+
+
+def _key_advice(unknown: list[str], known: set[str]) -> str:
+    """What to write instead of unknown card keys: the closest known key of each, or where the keys are listed.
+
+    The whole list of known keys would make the one-line error longer than a terminal line.
+
+    Examples
+    --------
+    >>> _key_advice(["tile_sise"], {"tile_size", "mpp"})
+    "did you mean 'tile_size'? (known keys: the fields of wsi_weakseg.model.card.ModelCard)"
+    """
+    import difflib
+
+    close = [m[0] for k in unknown if (m := difflib.get_close_matches(k, sorted(known), n=1))]
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else "remove them or fix their names "
+    return hint + "(known keys: the fields of wsi_weakseg.model.card.ModelCard)"
 
 
 @dataclass
