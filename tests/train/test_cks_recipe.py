@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _resume import straight_and_resumed
 
 from wsi_weakseg.model.lacss import LacssNet, window_cells, window_origin, window_reach
 from wsi_weakseg.train.augment import AugmentParams, sample_patch
@@ -190,21 +191,7 @@ def test_short_run_lowers_the_loss(tmp_path):
 
 def test_resume_continues_bit_exactly(tmp_path):
     cfg = _cfg(epochs=3, consistency_collaborator="ce")  # the ablation's loss runs too
-    straight = _recipe(cfg)
-    run(cfg, straight, tmp_path / "a", max_steps=2)
-
-    class Stop(Exception):
-        pass
-
-    def stop_at(recipe, epoch):
-        if epoch == 1:
-            raise Stop
-        return {}
-
-    with pytest.raises(Stop):
-        run(cfg, _recipe(cfg), tmp_path / "b", max_steps=2, validate=stop_at)
-    resumed = _recipe(cfg)
-    history = run(cfg, resumed, tmp_path / "b", max_steps=2, resume=True)
+    straight, resumed, history = straight_and_resumed(cfg, _recipe, tmp_path, stop_epoch=1)
     assert [h["epoch"] for h in history] == [0, 1, 2]
     for name in straight.nets:
         for (key, p), q in zip(straight.nets[name].state_dict().items(), resumed.nets[name].state_dict().values()):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _resume import straight_and_resumed
 from PIL import Image
 from scipy import ndimage as ndi
 
@@ -106,21 +107,7 @@ def test_short_run_decreases_the_supervised_loss(tmp_path):
 
 def test_resume_continues_bit_exactly_with_the_teacher_in_the_checkpoint(tmp_path):
     cfg = _cfg(epochs=4)
-    straight = _recipe(cfg)
-    run(cfg, straight, tmp_path / "a", max_steps=2)
-
-    class Stop(Exception):
-        pass
-
-    def stop_at(recipe, epoch):
-        if epoch == 2:
-            raise Stop
-        return {}
-
-    with pytest.raises(Stop):
-        run(cfg, _recipe(cfg), tmp_path / "b", max_steps=2, validate=stop_at)
-    resumed = _recipe(cfg)
-    history = run(cfg, resumed, tmp_path / "b", max_steps=2, resume=True)
+    straight, resumed, history = straight_and_resumed(cfg, _recipe, tmp_path, stop_epoch=2)
     assert [h["epoch"] for h in history] == [0, 1, 2, 3] and "student/contrast" in history[-1]["terms"]
     assert resumed.ema_steps == straight.ema_steps == 8
     for name in (STUDENT, TEACHER, PROJECTOR, PROJECTOR_TEACHER):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
+from _resume import straight_and_resumed
 
 from wsi_weakseg.demo import synthetic_he
 from wsi_weakseg.model.card import load_model
@@ -92,21 +92,7 @@ def test_short_run_decreases_the_scribbled_loss(tmp_path):
 
 def test_resume_continues_bit_exactly_with_the_ema_in_the_checkpoint(tmp_path):
     cfg = _cfg(epochs=4)
-    straight = _recipe(cfg)
-    run(cfg, straight, tmp_path / "a", max_steps=2)
-
-    class Stop(Exception):
-        pass
-
-    def stop_at(recipe, epoch):
-        if epoch == 2:
-            raise Stop
-        return {}
-
-    with pytest.raises(Stop):
-        run(cfg, _recipe(cfg), tmp_path / "b", max_steps=2, validate=stop_at)
-    resumed = _recipe(cfg)
-    history = run(cfg, resumed, tmp_path / "b", max_steps=2, resume=True)
+    straight, resumed, history = straight_and_resumed(cfg, _recipe, tmp_path, stop_epoch=2)
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     assert "net/unscribbled" in history[-1]["terms"] and "net/centre" in history[-1]["terms"]
     for (name, p), q in zip(straight.nets[NET].state_dict().items(), resumed.nets[NET].state_dict().values()):
