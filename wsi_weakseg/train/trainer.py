@@ -241,17 +241,7 @@ def train(
 
     history = run(cfg, recipe, work, resume=resume, validate=validate_epoch, on_step=step_hook, max_steps=max_steps,
                   after_epoch=epoch_hook)
-    net = build_net(card)
-    if (work / BEST).is_file():
-        saved = load_checkpoint(work / BEST)
-        net.load_state_dict(saved["state"])
-        best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
-        metrics = saved["validation"]
-    else:
-        fallback = nets[0]
-        net.load_state_dict(recipe.nets[fallback].state_dict())
-        best = {"epoch": history[-1]["epoch"] if history else None, "net": fallback, "value": None, "metric": None}
-        metrics = None
+    net, best, metrics = _shipped_net(card, work, recipe, nets[0], history)
     card.context_px = _measure_context(net, card, [v.image for v in val_items] or [t.image for t in train_items])
     tuning = None
     if val_items:
@@ -268,6 +258,20 @@ def train(
     _publish(out_dir, card, net)
     log.info("model written to %s (net %s, epoch %s)", out_dir, best["net"], best["epoch"])
     return TrainResult(out_dir, history, metrics, best)
+
+
+def _shipped_net(card: ModelCard, work: Path, recipe, fallback: str,
+                 history: list[dict]) -> tuple[torch.nn.Module, dict, dict | None]:
+    """The net to ship, its (epoch, net, value, metric) and its validation: the best validated one (``best.pt``),
+    else the recipe's ``fallback`` net as it ended (no validation split)."""
+    net = build_net(card)
+    if (work / BEST).is_file():
+        saved = load_checkpoint(work / BEST)
+        net.load_state_dict(saved["state"])
+        return net, {k: saved[k] for k in ("epoch", "net", "value", "metric")}, saved["validation"]
+    net.load_state_dict(recipe.nets[fallback].state_dict())
+    best = {"epoch": history[-1]["epoch"] if history else None, "net": fallback, "value": None, "metric": None}
+    return net, best, None
 
 
 def _measure_context(net: torch.nn.Module, card: ModelCard, images: Sequence[np.ndarray]) -> int:
