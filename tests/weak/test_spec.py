@@ -112,8 +112,8 @@ def test_absolute_paths_and_slide_items(project):
     assert item.kind == "slide" and item.image == scn.resolve() and item.split == "test" and item.mpp is None
 
 
-ITEM_KEYS = ("image, slide, points, scribbles, masks, region, labels, mpp, point_classes, region_classes, "
-             "nucleus_classes, background_classes, split")
+ITEM_KEYS = ("image, slide, points, scribbles, masks, region, region_points, labels, mpp, point_classes, "
+             "region_classes, nucleus_classes, background_classes, in_classes, out_classes, split")
 
 
 @pytest.mark.parametrize(

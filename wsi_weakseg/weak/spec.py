@@ -19,6 +19,8 @@ Example::
       - image: images/TCGA-38-6178-01Z-00-DX1.png
         masks: masks/TCGA-38-6178-01Z-00-DX1.geojson  # drawn nuclei (QuPath polygons + annotated region)
       - image: images/TCGA-49-4488-01Z-00-DX1.png       # no labels: an unlabelled image (few-masks recipe)
+      - image: glas/train_1.png
+        region_points: glas-points/train_1.geojson  # in/out points of a tissue region (regions recipe)
 
 An item names ``points``, ``scribbles``, ``masks``, several of them, or none (an unlabelled image, which only
 the few-masks recipe learns from; the other recipes refuse it). ``nucleus_classes`` / ``background_classes``
@@ -26,7 +28,8 @@ the few-masks recipe learns from; the other recipes refuse it). ``nucleus_classe
 ``[Nucleus]`` / ``[Background]``; ``Ignore*`` strokes mark nothing); ``nucleus_classes`` also selects the
 nucleus polygons of a ``masks`` GeoJSON. ``masks`` may instead be a label image on the item's pixel grid
 (:mod:`wsi_weakseg.weak.masks`); ``region: FILE.geojson`` then limits it to the file's annotated-region
-polygons, and for an item without labels it bounds the area read (a slide needs one).
+polygons, and for an item without labels it bounds the area read (a slide needs one). ``in_classes`` /
+``out_classes`` select the point classes of a ``region_points`` file (:mod:`wsi_weakseg.weak.region_points`).
 
 Unknown keys are errors (a misspelt key must never be ignored silently).
 """
@@ -59,10 +62,10 @@ __all__ = ["SPLITS", "DataSpec", "SpecItem", "load_item_masks", "load_item_point
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 _TOP_KEYS = ("defaults", "items")
-_STROKE_KEYS = ("nucleus_classes", "background_classes")
-_DEFAULT_KEYS = ("mpp", "point_classes", "region_classes", *_STROKE_KEYS)
-_ITEM_KEYS = ("image", "slide", "points", "scribbles", "masks", "region", "labels", "mpp", "point_classes",
-              "region_classes", *_STROKE_KEYS, "split")
+_CLASS_KEYS = ("nucleus_classes", "background_classes", "in_classes", "out_classes")
+_DEFAULT_KEYS = ("mpp", "point_classes", "region_classes", *_CLASS_KEYS)
+_ITEM_KEYS = ("image", "slide", "points", "scribbles", "masks", "region", "region_points", "labels", "mpp",
+              "point_classes", "region_classes", *_CLASS_KEYS, "split")
 #: Suffixes of a ``masks`` file read as QuPath GeoJSON (anything else is a label image).
 _GEOJSON_SUFFIXES = (".geojson", ".json", ".gz", ".zip")
 
@@ -101,6 +104,10 @@ class SpecItem:
         few-masks recipe, unlike ``labels``).
     region : pathlib.Path or None
         QuPath GeoJSON whose region polygons limit a label-image ``masks`` or bound an unlabelled item.
+    region_points : pathlib.Path or None
+        QuPath GeoJSON of in/out points of a tissue region (the regions recipe).
+    in_classes, out_classes : tuple of str or None
+        Point classes of ``region_points`` inside / outside the target; ``None`` = the reader's defaults.
     """
 
     image: Path
@@ -116,11 +123,14 @@ class SpecItem:
     background_classes: tuple[str, ...] | None = None
     masks: Path | None = None
     region: Path | None = None
+    region_points: Path | None = None
+    in_classes: tuple[str, ...] | None = None
+    out_classes: tuple[str, ...] | None = None
 
     @property
     def unlabelled(self) -> bool:
-        """Whether the item names no labels at all (no points, scribbles or masks)."""
-        return self.points is None and self.scribbles is None and self.masks is None
+        """Whether the item names no labels at all (no points, scribbles, masks or region points)."""
+        return self.points is None and self.scribbles is None and self.masks is None and self.region_points is None
 
 
 @dataclass(frozen=True)
@@ -216,7 +226,7 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
     d_mpp = _mpp(defaults.get("mpp"), f"{path}: defaults")
     d_points = _classes(defaults.get("point_classes"), "point_classes", f"{path}: defaults")
     d_regions = _classes(defaults.get("region_classes"), "region_classes", f"{path}: defaults")
-    d_strokes = {k: _classes(defaults.get(k), k, f"{path}: defaults") for k in _STROKE_KEYS}
+    d_classes = {k: _classes(defaults.get(k), k, f"{path}: defaults") for k in _CLASS_KEYS}
 
     raw_items = data.get("items")
     if not isinstance(raw_items, list) or not raw_items:
@@ -252,9 +262,10 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
                 split=split,
                 labels=_path(raw["labels"], "labels", base, where) if "labels" in raw else None,
                 scribbles=_path(raw["scribbles"], "scribbles", base, where) if "scribbles" in raw else None,
-                **{k: _classes(raw[k], k, where) if k in raw else d_strokes[k] for k in _STROKE_KEYS},
+                **{k: _classes(raw[k], k, where) if k in raw else d_classes[k] for k in _CLASS_KEYS},
                 masks=_path(raw["masks"], "masks", base, where) if "masks" in raw else None,
                 region=_path(raw["region"], "region", base, where) if "region" in raw else None,
+                region_points=_path(raw["region_points"], "region_points", base, where) if "region_points" in raw else None,
             )
         )
     return DataSpec(path=path, items=tuple(items))
