@@ -43,7 +43,8 @@ HEADS = ("foreground", "centre")
 #: ``detect-segment``: the network detects nuclei and segments each in a window (LACSS, :mod:`.lacss`).
 DENSE_MAPS = "dense-maps"
 DETECT_SEGMENT = "detect-segment"
-MODEL_TYPES = (DENSE_MAPS, DETECT_SEGMENT)
+REGIONS = "regions"
+MODEL_TYPES = (DENSE_MAPS, DETECT_SEGMENT, REGIONS)
 
 DEFAULT_THRESHOLDS = {
     "foreground": 0.5,  # foreground probability above which a pixel can belong to a nucleus
@@ -150,7 +151,7 @@ class ModelCard:
             problems.append(f"context_px must be a non-negative multiple of 32, got {self.context_px}")
         if not self.max_reach_um > 0:
             problems.append("max_reach_um must be positive")
-        if list(self.heads[:2]) != list(HEADS):
+        if self.model_type != REGIONS and list(self.heads[:2]) != list(HEADS):
             problems.append(f"heads must start with {list(HEADS)}, got {self.heads}")
         if self.activation not in ("sigmoid", "identity"):
             problems.append(f"activation must be 'sigmoid' or 'identity', got {self.activation!r}")
@@ -174,7 +175,9 @@ class ModelCard:
             return [f"model_type must be one of {list(MODEL_TYPES)}, got {self.model_type!r}"]
         if (self.architecture == "lacss") != (self.model_type == DETECT_SEGMENT):
             return ["architecture 'lacss' goes with model_type 'detect-segment' (and only it)"]
-        if self.model_type == DENSE_MAPS:
+        if self.model_type in (DENSE_MAPS, REGIONS):
+            if self.model_type == REGIONS and (self.architecture != "resnet34-unet" or len(self.heads) != 1):
+                return ["model_type 'regions' is a 'resnet34-unet' with one head (the target's probability)"]
             return [] if self.window_um is None else ["window_um is for model_type 'detect-segment' only"]
         if not (isinstance(self.window_um, (int, float)) and math.isfinite(self.window_um) and self.window_um > 0):
             return [f"model_type 'detect-segment' needs a positive window_um, got {self.window_um!r}"]
