@@ -16,7 +16,9 @@ import yaml
 from ..errors import ConfigError
 
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = ("points", "scribbles", "few-masks", "cks")
+RECIPES = ("points", "scribbles", "few-masks", "cks", "regions")
+#: Validation metrics that may pick the shipped epoch: instance metrics of the nucleus recipes, region metrics.
+METRICS = {"regions": ("dice", "iou", "object_dice")}
 
 
 def packaged_defaults(recipe: str = "points") -> dict[str, Any]:
@@ -64,14 +66,17 @@ def _check(cfg: dict[str, Any]) -> None:
             kind = "a positive integer" if integer else "a positive number"
             raise ConfigError(f"config key {path!r} must be {kind}, got {node!r}")
 
-    for p in ("data.mpp", "optim.lr", "optim.lr_gamma", "data.radius_um"):
+    for p in ("data.mpp", "optim.lr", "optim.lr_gamma"):
         positive(p)
+    if "radius_um" in cfg["data"]:  # the detection radius of the nucleus recipes
+        positive("data.radius_um")
     for p in ("data.patch", "data.crop", "optim.epochs", "optim.batch_size", "optim.lr_step_epochs", "model.width"):
         positive(p, integer=True)
     if cfg["data"]["crop"] > cfg["data"]["patch"]:
         raise ConfigError("data.crop must not exceed data.patch")
-    if cfg["data"]["metric"] not in ("aji", "f1"):
-        raise ConfigError(f"data.metric must be 'aji' or 'f1', got {cfg['data']['metric']!r}")
+    metrics = METRICS.get(cfg["recipe"], ("aji", "f1"))
+    if cfg["data"]["metric"] not in metrics:
+        raise ConfigError(f"data.metric must be one of {list(metrics)}, got {cfg['data']['metric']!r}")
     if cfg["data"]["crop"] % 32:
         raise ConfigError(f"data.crop must be a multiple of 32 (the network's stride), got {cfg['data']['crop']}")
     if cfg["optim"]["optimizer"] not in ("adam", "radam"):
@@ -87,7 +92,7 @@ def _check(cfg: dict[str, Any]) -> None:
     if stain >= 1:
         raise ConfigError("augment.stain must be below 1 (it scales optical densities by U(1 - s, 1 + s))")
     checks = {"points": _check_points, "scribbles": _check_scribbles, "few-masks": _check_few_masks,
-              "cks": _check_cks}
+              "cks": _check_cks, "regions": _check_regions}
     checks[cfg["recipe"]](cfg, positive)
 
 
@@ -154,6 +159,32 @@ def _check_cks(cfg: dict[str, Any], positive) -> None:
                           "it must span 8 to 240 px")
     if cfg["model"]["architecture"] != "lacss":
         raise ConfigError(f"the cks recipe trains model.architecture 'lacss', got {cfg['model']['architecture']!r}")
+
+
+def _check_regions(cfg: dict[str, Any], positive) -> None:
+    r = cfg["regions"]
+    if r["loss"] not in ("cvm", "pce"):
+        raise ConfigError(f"regions.loss must be 'cvm' (the method) or 'pce' (the paper's baseline), got {r['loss']!r}")
+    for p in ("point_radius_um", "kl_weight"):
+        positive(f"regions.{p}")
+    for p in ("lam", "tau", "eps", "tol"):
+        positive(f"regions.chan_vese.{p}")
+    positive("regions.chan_vese.iterations", integer=True)
+    if not (isinstance(r["eta"], (int, float)) and 0 <= r["eta"] <= 1):
+        raise ConfigError(f"regions.eta must be in [0, 1], got {r['eta']!r}")
+    stage, warm = r["feature_stage"], r["warmup_epochs"]
+    if not (isinstance(stage, int) and not isinstance(stage, bool) and 0 <= stage <= 4):
+        raise ConfigError(f"regions.feature_stage must be a decoder stage 0 to 4, got {stage!r}")
+    if not (isinstance(warm, int) and not isinstance(warm, bool) and warm >= 0):
+        raise ConfigError(f"regions.warmup_epochs must be an integer >= 0, got {warm!r}")
+    colour = r["target_color"]
+    if not (isinstance(r["target_class"], str) and r["target_class"] and isinstance(colour, list) and len(colour) == 3
+            and all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):
+        raise ConfigError("regions.target_class must be a class name and regions.target_color [r, g, b] in 0-255")
+    if cfg["data"]["items"] is not None:
+        raise ConfigError("the regions recipe builds its items from data.spec; data.items is not supported")
+    if cfg["model"]["architecture"] != "resnet34-unet":
+        raise ConfigError(f"the regions recipe trains model.architecture 'resnet34-unet', got {cfg['model']['architecture']!r}")
 
 
 def _check_scribbles(cfg: dict[str, Any], positive) -> None:

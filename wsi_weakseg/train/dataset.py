@@ -108,10 +108,12 @@ def _nearest_grid(centres0: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.floor(centres0).astype(np.int64), 0, size - 1)
 
 
-def read_item(item, mpp: float) -> ReadItem:
+def read_item(item, mpp: float, points=None) -> ReadItem:
     """Read one :class:`~wsi_weakseg.weak.spec.SpecItem` at ``mpp`` µm/px.
 
-    Plain images are read whole; slides are read over the bounding box of their annotated regions, refused
+    ``points`` (a :class:`~wsi_weakseg.weak.points.PointSet`; default: the item's ``points`` file) are mapped
+    to working pixels in their order. Plain images are read whole; slides are read over the bounding box of
+    their annotated regions, refused
     (:class:`~wsi_weakseg.errors.ConfigError`) above :data:`~wsi_weakseg.engine.whole.MAX_REGION_PIXELS` working
     pixels before any pixel is read.
     """
@@ -122,7 +124,7 @@ def read_item(item, mpp: float) -> ReadItem:
     from ..slide import WorkingView, open_slide
     from ..weak.spec import load_item_points
 
-    points = load_item_points(item)
+    points = load_item_points(item) if points is None else points
     with open_slide(item.image, mpp=item.mpp) as slide:
         view = WorkingView(slide, mpp)
         b = np.asarray(slide.bounds[:2], np.float64)  # QuPath coordinates are relative to the bounds origin

@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError
-from ..model.card import DETECT_SEGMENT, ModelCard, build_net, save_model
+from ..model.card import DETECT_SEGMENT, REGIONS, ModelCard, build_net, save_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cks_recipe import CksRecipe
 from .curves import CURVES, write_curves
@@ -32,6 +32,7 @@ from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_it
 from .few_masks_recipe import FewMasksRecipe
 from .loop import run, steps_per_epoch
 from .points_recipe import PointsRecipe
+from .regions_recipe import RegionsRecipe
 from .scribbles_recipe import ScribblesRecipe
 from .tune import tune_thresholds
 from .validate import validate
@@ -41,9 +42,11 @@ log = logging.getLogger(__name__)
 BEST = "best.pt"
 LICENCE_NOTE = "weights inherit the licences of their training data (see training.data)"
 #: Recipe classes by ``cfg["recipe"]``, and what each learns from (the card's description).
-RECIPES = {"points": PointsRecipe, "scribbles": ScribblesRecipe, "few-masks": FewMasksRecipe, "cks": CksRecipe}
+RECIPES = {"points": PointsRecipe, "scribbles": ScribblesRecipe, "few-masks": FewMasksRecipe, "cks": CksRecipe,
+           "regions": RegionsRecipe}
 _LEARNS_FROM = {"points": "point clicks", "scribbles": "scribbles",
-                "few-masks": "a few drawn nucleus masks and unlabelled images", "cks": "point clicks"}
+                "few-masks": "a few drawn nucleus masks and unlabelled images", "cks": "point clicks",
+                "regions": "in/out points"}
 #: How instances come out of each recipe's maps (recorded in the card).
 INSTANCES = {
     "points": "centre head trained on Gaussian bumps at the clicks; engine markers + geodesic split",
@@ -54,6 +57,8 @@ INSTANCES = {
                  "click-only items), inside the annotated regions; engine markers + geodesic split",
     "cks": "detection branch (focal BCE on the clicks' grid cells) anchors each nucleus and the segmentation branch "
            "gives its mask in a window (collaborative knowledge sharing, LACSS); engine detect-segment type, no watershed",
+    "regions": "none: the net gives the target tissue's probability (sigmoid); regions are where it exceeds "
+               "thresholds.foreground",
 }
 
 
@@ -81,6 +86,15 @@ def model_card(cfg: Mapping, name: str, context_px: int = 64) -> ModelCard:
         )
         card.thresholds.update({"centre": float(c["detection_threshold"]), "peak_radius_um": float(c["nms_um"])})
         return card
+    if cfg["recipe"] == "regions":
+        r = cfg["regions"]
+        return ModelCard(
+            name=name, architecture="resnet34-unet", model_type=REGIONS, mpp=float(cfg["data"]["mpp"]),
+            arch_kwargs={"width": int(cfg["model"]["width"])}, heads=["region"], activation="sigmoid",
+            classes=[{"name": r["target_class"], "color": list(r["target_color"])}], tile_size=512, context_px=context_px,
+            description=f"ResNet34-UNet outlining {r['target_class']} regions, trained from in/out points with the "
+                        f"regions recipe ({'CVM' if r['loss'] == 'cvm' else 'pCE baseline'}; wsi-weakseg {__version__})",
+        )
     return ModelCard(
         name=name, architecture="resnet34-unet", mpp=float(cfg["data"]["mpp"]),
         arch_kwargs={"width": int(cfg["model"]["width"])}, tile_size=512, context_px=context_px,
@@ -104,6 +118,11 @@ def load_data(cfg: Mapping, work: Path) -> tuple[list[TrainItem], list[EvalItem]
     if len(train_spec) < need:
         raise ConfigError(f"{spec.path}: split {d['train_split']!r} has {len(train_spec)} item(s); the "
                           f"{cfg['recipe']} recipe needs at least {need}")
+    if cfg["recipe"] == "regions":
+        from .region_items import build_region_eval_items, build_region_items
+
+        train_items, summary = build_region_items(train_spec, cfg)
+        return train_items, build_region_eval_items(spec.split(d["validation_split"]), cfg), summary
     if cfg["recipe"] == "scribbles":
         from .scribble_items import build_scribble_items
 
@@ -206,6 +225,7 @@ def train(
         log.warning("no validation item has a label map: model selection uses detection F1")
         metric = "f1"
     nets = recipe.candidates()
+    score = _scorer(cfg, card, val_items, str(dev))
 
     best: dict | None = None
     if resume and (work / BEST).is_file():
@@ -216,7 +236,9 @@ def train(
         nonlocal best
         if not val_items:
             return {}
-        scores = {k: validate(rec.nets[k], card, val_items, cfg["data"]["radius_um"], str(dev)) for k in nets}
+        scores = {k: score(rec.nets[k]) for k in nets}
+        if hasattr(rec, "note_validation"):  # the regions recipe recomputes u when the validation pCE improves
+            rec.note_validation(scores[nets[0]]["mean"])
         for k, s in scores.items():
             log.info("epoch %d net %s: %s", epoch + 1, k, json.dumps({m: round(v, 4) for m, v in s["mean"].items()}))
             value = float(s["mean"].get(metric, -1.0))
@@ -244,7 +266,9 @@ def train(
     net, best, metrics = _shipped_net(card, work, recipe, nets[0], history)
     card.context_px = _measure_context(net, card, [v.image for v in val_items] or [t.image for t in train_items])
     tuning = None
-    if val_items:
+    if val_items and card.model_type == REGIONS:
+        metrics = score(net)
+    elif val_items:
         card.thresholds, table = tune_thresholds(net, card, val_items, metric, cfg["data"]["radius_um"])
         tuning = {"metric": metric, "chosen": {k: card.thresholds[k] for k in ("foreground", "centre")}, "grid": table}
         metrics = validate(net, card, val_items, cfg["data"]["radius_um"], "cpu")
@@ -258,6 +282,15 @@ def train(
     _publish(out_dir, card, net)
     log.info("model written to %s (net %s, epoch %s)", out_dir, best["net"], best["epoch"])
     return TrainResult(out_dir, history, metrics, best)
+
+
+def _scorer(cfg: Mapping, card: ModelCard, val_items: Sequence, device: str) -> Callable[[torch.nn.Module], dict]:
+    """How a net is validated: region metrics (whole images) for a region model, else the engine's instances."""
+    if card.model_type == REGIONS:
+        from .region_validate import validate_regions
+
+        return lambda net: validate_regions(net, card, val_items, device)
+    return lambda net: validate(net, card, val_items, cfg["data"]["radius_um"], device)
 
 
 def _shipped_net(card: ModelCard, work: Path, recipe, fallback: str,

@@ -1,0 +1,135 @@
+"""The regions recipe (issue 18): items from GlaS with simulated points, u, a real short run, exact resume, the card."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _resume import straight_and_resumed
+from PIL import Image
+
+from wsi_weakseg.errors import ConfigError, ModelCardError
+from wsi_weakseg.model.card import REGIONS, ModelCard, load_model
+from wsi_weakseg.train.config import load_config
+from wsi_weakseg.train.loop import run
+from wsi_weakseg.train.region_items import build_region_eval_items, build_region_items
+from wsi_weakseg.train.regions_recipe import NET, RegionsRecipe
+from wsi_weakseg.train.trainer import train
+from wsi_weakseg.weak.region_points import simulate_region_points, write_region_points
+from wsi_weakseg.weak.spec import load_spec
+
+NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+NAMES = ("train_1", "train_2", "train_3")  # the last is the validation item
+
+
+@pytest.fixture(scope="module")
+def glas_spec(shared_data, tmp_path_factory):
+    """A spec of three GlaS images with 3 simulated point pairs each (seed 0); the third is validation."""
+    root, out = shared_data / "glas-train", tmp_path_factory.mktemp("glas")
+    items = []
+    for name in NAMES:
+        mask = np.asarray(Image.open(root / "masks" / f"{name}.png"))
+        write_region_points(out / f"{name}.geojson", *simulate_region_points(mask, 3, 0, name), in_class="Gland")
+        items.append({"image": str(root / "images" / f"{name}.png"), "region_points": f"{name}.geojson",
+                      "labels": str(root / "masks" / f"{name}.png"), "split": "validation" if name == NAMES[-1] else "train"})
+    (out / "spec.yaml").write_text(yaml.safe_dump({"defaults": {"mpp": 0.62, "in_classes": ["Gland"]}, "items": items}))
+    return out / "spec.yaml"
+
+
+def _cfg(spec=None, epochs: int = 2, **regions):
+    return load_config(overrides={
+        "recipe": "regions", "model": {"width": 8}, "data": {"spec": str(spec) if spec else None, "mpp": 2.5,
+                                                            "patch": 128, "crop": 128},
+        "optim": {"epochs": epochs, "batch_size": 2, "lr": 1e-3},
+        "regions": {"warmup_epochs": 1, "point_radius_um": 2.5, **regions},  # 3 x 3 squares at 2.5 µm/px
+    })
+
+
+@pytest.fixture(scope="module")
+def glas_items(glas_spec):
+    spec, cfg = load_spec(glas_spec), _cfg(glas_spec)
+    train_items, _ = build_region_items(spec.split("train"), cfg)
+    return train_items, build_region_eval_items(spec.split("validation"), cfg)
+
+
+def _recipe(cfg, items):
+    torch.manual_seed(cfg["seed"])
+    return RegionsRecipe(cfg, items, NORM, torch.device("cpu"))
+
+
+def test_items_hold_the_points_as_3x3_squares_on_the_working_grid(glas_items):
+    (item, _), (val,) = glas_items
+    assert item.image.shape == (129, 192, 3) and len(item.in_rc) == 3 and len(item.out_rc) == 3
+    assert all((item.points[r - 1 : r + 2, c - 1 : c + 2] == 1).all() for r, c in item.in_rc)  # 3 x 3 in squares
+    assert (item.points == 1).sum() <= 27 and (item.points == 0).sum() <= 27 and item.annotated.all()
+    assert all(item.points[r, c] == 0 for r, c in item.out_rc)
+    assert val.mask is not None and val.mask.dtype == bool and val.mask.shape == val.image.shape[:2]
+    assert 0.2 < val.mask.mean() < 0.8 and val.points is not None
+
+
+def test_u_is_computed_after_the_warm_up_and_recomputed_only_on_a_new_lowest_validation_pce(glas_items, monkeypatch):
+    recipe = _recipe(_cfg(epochs=5, warmup_epochs=2), glas_items[0])
+    recipe.begin_epoch(0)
+    assert recipe.pseudo == {}
+    recipe.refresh_u()
+    u, item = recipe.pseudo[0].numpy(), recipe.items[0]
+    assert u.shape == item.image.shape[:2] and u.dtype == np.float32 and u.min() >= 0 and u.max() <= 1
+    assert set(recipe.pseudo) == {0, 1} and "u" in recipe.maps(1)  # (an untrained net's u means nothing: test_cvm)
+    calls = []
+    monkeypatch.setattr(recipe, "refresh_u", lambda: calls.append(epoch))
+    for epoch, pce in zip(range(2, 6), (0.5, 0.6, 0.4, 0.45)):
+        recipe.note_validation({"pce": pce, "dice": 0.7})
+        recipe.begin_epoch(epoch)
+    assert calls == [2, 4]  # after 0.5 (new low) and 0.4 (new low); not after 0.6 or 0.45
+    assert _recipe(_cfg(loss="pce"), glas_items[0]).uses_cvm is False
+
+
+def test_short_real_run_lowers_the_point_loss(glas_items, tmp_path):
+    cfg = _cfg(epochs=8, loss="pce")  # 2 steps per epoch (2 images x 2 patches of 128 px, batch 2)
+    seen = []
+    run(cfg, _recipe(cfg, glas_items[0]), tmp_path, on_step=lambda s, logs: seen.append(logs[f"{NET}/pce"]))
+    assert len(seen) == 16 and np.mean(seen[-4:]) < np.mean(seen[:4])
+
+
+def test_resume_continues_bit_exactly_with_u_in_the_checkpoint(glas_items, tmp_path):
+    cfg = _cfg(epochs=3)
+    straight, resumed, history = straight_and_resumed(cfg, lambda c: _recipe(c, glas_items[0]), tmp_path, stop_epoch=1)
+    assert [h["epoch"] for h in history] == [0, 1, 2] and "net/wkl" in history[-1]["terms"]
+    for (name, p), q in zip(straight.nets[NET].state_dict().items(), resumed.nets[NET].state_dict().values()):
+        assert torch.equal(p, q), f"{name} differs after resume"
+    assert set(straight.pseudo) == {0, 1} and all(torch.equal(straight.pseudo[i], resumed.pseudo[i]) for i in (0, 1))
+
+
+def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_spec, tmp_path):
+    result = train(_cfg(glas_spec, epochs=2), tmp_path / "m", progress=False, max_steps=1)
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["model_type"] == REGIONS and card["architecture"] == "resnet34-unet" and card["heads"] == ["region"]
+    assert card["activation"] == "sigmoid" and card["classes"][0]["name"] == "Gland" and card["mpp"] == 2.5
+    assert set(card["metrics"]["mean"]) == {"dice", "iou", "object_dice", "pce"}
+    assert result.best["metric"] == "dice" and card["training"]["history"][1]["validation"]["net"]["pce"] > 0
+    model = load_model(tmp_path / "m")
+    assert model.net.head.out_channels == 1
+
+
+def test_a_regions_card_is_a_one_head_resnet34_unet_without_a_window():
+    ok = {"name": "r", "architecture": "resnet34-unet", "mpp": 1.25, "model_type": REGIONS, "heads": ["region"]}
+    ModelCard(**ok)
+    with pytest.raises(ModelCardError, match="window_um"):
+        ModelCard(**ok, window_um=10.0)
+    with pytest.raises(ModelCardError, match="one head"):
+        ModelCard(**{**ok, "heads": ["region", "other"]})
+
+
+def test_config_checks_of_the_regions_recipe():
+    paper = load_config(overrides={"recipe": "regions"})
+    assert paper["optim"]["optimizer"] == "adam" and paper["optim"]["lr"] == 1e-4 and paper["regions"]["eta"] == 0.6
+    assert math.isclose(paper["optim"]["weight_decay"], 1e-4) and paper["data"]["metric"] == "dice"
+    for bad, match in (({"regions": {"loss": "ce"}}, "regions.loss"), ({"regions": {"eta": 1.5}}, "regions.eta"),
+                       ({"regions": {"feature_stage": 5}}, "feature_stage"), ({"data": {"metric": "aji"}}, "data.metric"),
+                       ({"regions": {"chan_vese": {"iterations": 0}}}, "iterations")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(overrides={"recipe": "regions", **bad})
