@@ -1,4 +1,5 @@
-"""``wsi-weakseg train``: train a nuclei model from QuPath point clicks, scribbles or a few drawn nuclei (``recipe``)."""
+"""``wsi-weakseg train``: train a nuclei model from QuPath point clicks, scribbles or a few drawn nuclei, or a tissue
+region model from in/out points (``recipe``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model from QuPath point clicks, scribbles or a few drawn nuclei "
-        "(recipe: points | scribbles | few-masks | cks)",
+        "(recipe: points | scribbles | few-masks | cks), or tissue regions from in/out points (recipe: regions)",
         description="Train from point clicks (recipe: points, two co-trained ResNet34-UNets; "
         "wsi_weakseg/configs/train-points.yaml), from scribbles (recipe: scribbles, Scribble2Label; "
         "train-scribbles.yaml), from a few drawn nuclei plus unlabelled images (recipe: few-masks, cross-patch "
         "dense contrastive learning with a mean teacher; train-few-masks.yaml) or from point clicks as a "
         "detect-and-segment model (recipe: cks, collaborative knowledge sharing / LACSS: ResNet34-FPN detection + "
-        "per-nucleus masks, no watershed; train-cks.yaml) and write a model folder that `segment --model` loads. "
+        "per-nucleus masks, no watershed; train-cks.yaml), or tissue regions (glands, tumour) from a few points inside "
+        "and outside them (recipe: regions, contrast-based variational model; train-regions.yaml), "
+        "and write a model folder that `segment --model` loads. "
         "A checkpoint is written every epoch; --resume continues it.",
     )
     p.add_argument("--config", required=True, help="training config YAML (layered over the packaged defaults)")
@@ -51,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     out = Path(args.out)
     if args.save_items:
+        if cfg["recipe"] == "regions":
+            raise ConfigError("--save-items does not support the regions recipe; train from the data spec")
         from .train.dataset import save_items
         from .train.trainer import load_data
 

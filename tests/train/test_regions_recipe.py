@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,6 +115,10 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     assert result.best["metric"] == "dice" and card["training"]["history"][1]["validation"]["net"]["pce"] > 0
     model = load_model(tmp_path / "m")
     assert model.net.head.out_channels == 1
+    # scripts/evaluate_regions.py scores a split the same way (here the validation split: the card's numbers)
+    script = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "evaluate_regions.py"))
+    assert script["main"]([str(tmp_path / "m"), str(glas_spec), "--split", "validation", "--out", str(tmp_path / "v.json")]) == 0
+    assert json.loads((tmp_path / "v.json").read_text())["mean"] == card["metrics"]["mean"]
 
 
 def test_a_regions_card_is_a_one_head_resnet34_unet_without_a_window():
