@@ -1,4 +1,5 @@
-"""The server's spec check covers every key that names a file (issue 16 added ``masks`` and ``region``)."""
+"""The server's spec check covers every key that names a file (issue 16 added ``masks`` and ``region``, issue 18
+``region_points``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from wsi_weakseg.serve.training import _frozen_spec, check_spec_paths
 from wsi_weakseg.weak.spec import load_spec
 
 
-@pytest.mark.parametrize("key", ["points", "scribbles", "masks", "region", "labels"])
+@pytest.mark.parametrize("key", ["points", "scribbles", "masks", "region", "region_points", "labels"])
 def test_a_file_outside_the_roots_is_refused_before_it_is_opened(tmp_path: Path, key: str):
     root, outside = tmp_path / "root", tmp_path / "secret.geojson"
     root.mkdir()
@@ -31,6 +32,9 @@ def test_the_frozen_spec_keeps_masks_regions_and_class_selectors(tmp_path: Path)
     first, second = frozen["items"]
     assert first["masks"] == str(tmp_path / "m.png") and first["region"] == str(tmp_path / "r.geojson")
     assert first["nucleus_classes"] == ["Cell"] and second == {"image": str(tmp_path / "a.png"), "split": "train"}
+    (tmp_path / "spec.yaml").write_text("items:\n- {image: a.png, region_points: r.geojson, in_classes: [Gland]}\n")
+    (item,) = _frozen_spec(load_spec(tmp_path / "spec.yaml"), Roots([tmp_path]))["items"]
+    assert item["region_points"] == str(tmp_path / "r.geojson") and item["in_classes"] == ["Gland"]
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(PathOutsideRootsError):
         _frozen_spec(load_spec(tmp_path / "spec.yaml"), Roots([tmp_path / "elsewhere"]))

@@ -37,7 +37,7 @@ from .paths import PathOutsideRootsError, Roots
 log = logging.getLogger(__name__)
 
 TRAIN_FIELDS = ("config", "name", "epochs")
-_PATH_KEYS = ("image", "slide", "points", "scribbles", "masks", "region", "labels")
+_PATH_KEYS = ("image", "slide", "points", "scribbles", "masks", "region", "region_points", "labels")
 _REFUSED = (("data", "items"), ("data", "cache_dir"), ("model", "imagenet_weights"))
 MAX_EPOCHS = 10_000
 #: Share of the progress given to the epochs; the rest is context measurement, threshold tuning, publishing.
@@ -83,18 +83,18 @@ def _frozen_spec(spec, roots: Roots) -> dict[str, Any]:
     """The loaded spec as YAML data with absolute paths, every one re-checked inside the roots."""
     items = []
     for index, it in enumerate(spec.items):
-        for p in (it.image, it.points, it.scribbles, it.masks, it.region, it.labels):
+        for p in (it.image, it.points, it.scribbles, it.masks, it.region, it.region_points, it.labels):
             if p is not None and not _inside(p, roots):
                 raise PathOutsideRootsError(f"data spec item {index} names a file outside the served roots")
         entry: dict[str, Any] = {it.kind: str(it.image), "split": it.split}
-        for key in ("points", "scribbles", "masks", "region"):
+        for key in ("points", "scribbles", "masks", "region", "region_points"):
             if getattr(it, key) is not None:
                 entry[key] = str(getattr(it, key))
         if it.mpp is not None:
             entry["mpp"] = it.mpp
         if it.point_classes is not None:
             entry["point_classes"] = list(it.point_classes)
-        for key in ("region_classes", "nucleus_classes", "background_classes"):
+        for key in ("region_classes", "nucleus_classes", "background_classes", "in_classes", "out_classes"):
             if getattr(it, key) is not None:
                 entry[key] = list(getattr(it, key))
         if it.labels is not None:
