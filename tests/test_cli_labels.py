@@ -96,7 +96,7 @@ def test_labels_model_that_is_not_a_scribbles_run_exits_2(shared_data: Path, tmp
     spec = tmp_path / "spec.yaml"
     spec.write_text(json.dumps({"items": [{"image": str(m / "images" / f"{name}.png"), "mpp": 0.25,
                                            "points": str(m / "points" / f"{name}.geojson")}]}))
-    for model, message in ((resolve_model_dir("nuclei-points-v2"), "not a scribbles training run"),
+    for model, message in ((resolve_model_dir("nuclei-points-v2"), "not a scribbles or regions training run"),
                            (tmp_path, "no card.json")):
         assert main(["labels", str(spec), "-o", str(tmp_path / "out"), "--model", str(model)]) == 2
         err = capsys.readouterr().err

@@ -6,7 +6,9 @@ heatmap; white crosses = clicks). A scribbles item (``scribbles`` and no ``point
 rasterised strokes and, with ``--model`` (a scribbles run's folder), the pseudo label of its EMA after the
 last epoch (nucleus where ``y_n > tau``, background where ``1 - y_n > tau``). A masks item (drawn nuclei) gets
 the image and its labelled target as the few-masks recipe trains on it (green nucleus, red background, untinted
-unlabelled) with the annotated region outlined in white; an item without labels gets the image alone.
+unlabelled) with the annotated region outlined in white; a region-points item gets the image and its point squares
+(green in, red out) and, with ``--model`` (a regions run's folder), its CVM target ``u`` after the last epoch
+(green ``u > 0.5``, red ``u < 0.5``); an item without labels gets the image alone.
 ``labels.json`` lists per-item fractions of each class.
 """
 
@@ -26,7 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="folder for <item>.png panels and labels.json")
     p.add_argument("--config", help="training config whose points.* / data.mpp settings to use (default: packaged)")
     p.add_argument("--split", help="only items of this split (train, validation, test)")
-    p.add_argument("--model", help="a scribbles run's model folder: add its pseudo labels to scribbles items")
+    p.add_argument("--model", help="a scribbles (regions) run's model folder: add its pseudo labels (u > 0.5) to "
+                   "scribbles (region-points) items")
 
 
 def _overlay(rgb, label, alpha: float = 0.45):
@@ -113,22 +116,36 @@ def _points_row(item, cfg):
     return panel(r.image, t, r.points_rc), row
 
 
-def _scribbles_row(item, cfg, pseudo):
+def _pseudo_label(name, shape, pseudo, row):
+    """The run's pseudo label of item ``name`` (1 where ``y > tau``, 0 where ``1 - y > tau``, else 2), or None."""
     import numpy as np
 
+    if pseudo is None or name not in pseudo[0]:
+        return None
+    ema, tau = pseudo[0][name], pseudo[1]
+    if ema.shape != shape:
+        raise ConfigError(f"{name}: the model's pseudo label is {ema.shape[1]}x{ema.shape[0]} px but the item "
+                          f"reads {shape[1]}x{shape[0]}; give the run's own config (--config)")
+    label = np.where(ema > tau, 1, np.where(1 - ema > tau, 0, 2)).astype(np.uint8)
+    row["pseudo"] = _fractions(label)
+    return label
+
+
+def _scribbles_row(item, cfg, pseudo):
     from .train.scribble_items import read_scribble_item
 
     it, row = read_scribble_item(item, float(cfg["data"]["mpp"]), float(cfg["scribbles"]["width_um"]))
     row["scribble"] = _fractions(it.scribble)
-    label = None
-    if pseudo is not None and it.name in pseudo[0]:
-        ema, tau = pseudo[0][it.name], pseudo[1]
-        if ema.shape != it.scribble.shape:
-            raise ConfigError(f"{it.name}: the model's pseudo label is {ema.shape[1]}x{ema.shape[0]} px but the item "
-                              f"reads {it.scribble.shape[1]}x{it.scribble.shape[0]}; give the run's own config (--config)")
-        label = np.where(ema > tau, 1, np.where(1 - ema > tau, 0, 2)).astype(np.uint8)
-        row["pseudo"] = _fractions(label)
-    return scribble_panel(it.image, it.scribble, label), row
+    return scribble_panel(it.image, it.scribble, _pseudo_label(it.name, it.scribble.shape, pseudo, row)), row
+
+
+def _regions_row(item, cfg, pseudo):
+    """A region-points item: [image | point squares | the run's u > 0.5 (with --model)], as the regions recipe trains."""
+    from .train.region_items import build_region_items
+
+    (it,), (row,) = build_region_items([item], cfg)
+    row["points"] = _fractions(it.points)
+    return scribble_panel(it.image, it.points, _pseudo_label(it.name, it.points.shape, pseudo, row)), row
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
         if item.masks is not None or item.unlabelled:
             masks_cfg = masks_cfg or load_config(overrides={"recipe": "few-masks", "data": {"mpp": cfg["data"]["mpp"]}})
             image, row = _masks_row(item, masks_cfg)
+        elif item.points is None and item.region_points is not None:
+            regions_cfg = cfg if "regions" in cfg else load_config(overrides={"recipe": "regions"})
+            image, row = _regions_row(item, regions_cfg, pseudo)
         elif item.points is None and item.scribbles is not None:
             strokes_cfg = strokes_cfg or load_config(overrides={"recipe": "scribbles", "data": {"mpp": cfg["data"]["mpp"]}})
             image, row = _scribbles_row(item, strokes_cfg, pseudo)

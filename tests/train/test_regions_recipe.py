@@ -119,6 +119,20 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     script = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "evaluate_regions.py"))
     assert script["main"]([str(tmp_path / "m"), str(glas_spec), "--split", "validation", "--out", str(tmp_path / "v.json")]) == 0
     assert json.loads((tmp_path / "v.json").read_text())["mean"] == card["metrics"]["mean"]
+    # `labels --model` shows each training item's points and the run's last u (> 0.5 green, < 0.5 red)
+    from wsi_weakseg.cli import main
+    from wsi_weakseg.cli_labels import _overlay
+
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(_cfg(glas_spec)))
+    assert main(["labels", str(glas_spec), "-o", str(tmp_path / "lab"), "--split", "train", "--config", str(cfg_file),
+                 "--model", str(tmp_path / "m")]) == 0
+    state = torch.load(tmp_path / "m" / "training" / "checkpoint.pt", weights_only=True)["recipe"]["pseudo"]
+    u, panel = state[0].numpy(), np.asarray(Image.open(tmp_path / "lab" / "train_1.png"))
+    assert panel.shape == (129, 3 * 192 + 8, 3)
+    image = panel[:, :192]
+    expected = _overlay(image, np.where(u > 0.5, 1, np.where(u < 0.5, 0, 2)))
+    assert np.array_equal(panel[:, 2 * 196 :], expected)
 
 
 def test_a_regions_card_is_a_one_head_resnet34_unet_without_a_window():

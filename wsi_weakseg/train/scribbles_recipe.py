@@ -153,7 +153,8 @@ def centre_target(ema: np.ndarray, scribble: np.ndarray, tau: float) -> dict[str
 
 
 def pseudo_from_model(model_dir) -> tuple[dict[str, np.ndarray], float]:
-    """The EMA ``y_n`` of each training item of a scribbles run, by item name, and its ``tau``.
+    """The EMA ``y_n`` of each training item of a scribbles run, by item name, and its ``tau`` (of a regions run:
+    its CVM target ``u``, and 0.5).
 
     Read from ``model_dir/training/checkpoint.pt`` (the last epoch's state; tensors only, never unpickled
     objects) and matched to names through the card's ``training.data`` rows, which list the training items in
@@ -177,10 +178,10 @@ def pseudo_from_model(model_dir) -> tuple[dict[str, np.ndarray], float]:
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{folder}: no card.json of a trained model; give the --out folder of `train`") from None
     ckpt = folder / "training" / CHECKPOINT
-    if training.get("recipe") != "scribbles" or not ckpt.is_file():
-        raise ConfigError(f"{folder}: not a scribbles training run with its checkpoint "
-                          f"(training/{CHECKPOINT}); pseudo labels exist only for recipe: scribbles")
+    if training.get("recipe") not in ("scribbles", "regions") or not ckpt.is_file():
+        raise ConfigError(f"{folder}: not a scribbles or regions training run with its checkpoint "
+                          f"(training/{CHECKPOINT}); pseudo labels exist only for recipes scribbles and regions")
     state = load_checkpoint(ckpt)
     names = [row["name"] for row in training["data"]]
     pseudo = {names[int(i)]: t.numpy() for i, t in state["recipe"]["pseudo"].items()}
-    return pseudo, float(state["config"]["scribbles"]["tau"])
+    return pseudo, float(state["config"]["scribbles"]["tau"]) if training["recipe"] == "scribbles" else 0.5
