@@ -102,7 +102,7 @@ class RegionsRecipe(RecipeState):
     def refresh_u(self) -> None:
         """``u`` of every training item from the current net's features (eval mode, whole images)."""
         r = self.cfg["regions"]
-        params = ChanVeseParams(**{k: v for k, v in r["chan_vese"].items()})
+        params = ChanVeseParams(**r["chan_vese"])
         net, stage = self.nets[NET], int(r["feature_stage"])
         stride = 2 ** (len(net.decoder) - 1 - stage)
         was = net.training

@@ -267,7 +267,7 @@ def train(
     card.context_px = _measure_context(net, card, [v.image for v in val_items] or [t.image for t in train_items])
     tuning = None
     if val_items and card.model_type == REGIONS:
-        metrics = score(net)
+        metrics = _scorer(cfg, card, val_items, "cpu")(net)  # the shipped net is built on the CPU
     elif val_items:
         card.thresholds, table = tune_thresholds(net, card, val_items, metric, cfg["data"]["radius_um"])
         tuning = {"metric": metric, "chosen": {k: card.thresholds[k] for k in ("foreground", "centre")}, "grid": table}
