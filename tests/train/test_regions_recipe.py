@@ -16,6 +16,7 @@ from PIL import Image
 
 from wsi_weakseg.errors import ConfigError, ModelCardError
 from wsi_weakseg.model.card import REGIONS, ModelCard, load_model
+from wsi_weakseg.train.checkpoint import load_checkpoint, save_checkpoint
 from wsi_weakseg.train.config import load_config
 from wsi_weakseg.train.loop import run
 from wsi_weakseg.train.region_items import build_region_eval_items, build_region_items
@@ -73,7 +74,8 @@ def test_items_hold_the_points_as_3x3_squares_on_the_working_grid(glas_items):
     assert 0.2 < val.mask.mean() < 0.8 and val.points is not None
 
 
-def test_u_is_computed_after_the_warm_up_and_recomputed_only_on_a_new_lowest_validation_pce(glas_items, monkeypatch):
+def test_u_is_computed_after_the_warm_up_and_recomputed_only_on_a_new_lowest_validation_pce(glas_items, monkeypatch,
+                                                                                            tmp_path):
     recipe = _recipe(_cfg(epochs=5, warmup_epochs=2), glas_items[0])
     recipe.begin_epoch(0)
     assert recipe.pseudo == {}
@@ -87,6 +89,13 @@ def test_u_is_computed_after_the_warm_up_and_recomputed_only_on_a_new_lowest_val
         recipe.note_validation({"pce": pce, "dice": 0.7})
         recipe.begin_epoch(epoch)
     assert calls == [2, 4]  # after 0.5 (new low) and 0.4 (new low); not after 0.6 or 0.45
+    recipe.note_validation({"pce": 0.3})  # a new low pending when the checkpoint is written
+    save_checkpoint(tmp_path / "c.pt", {"recipe": recipe.state_dict()})
+    again = _recipe(_cfg(epochs=5, warmup_epochs=2), glas_items[0])
+    assert again.best_pce == math.inf and not again.refresh_due
+    again.load_state_dict(load_checkpoint(tmp_path / "c.pt")["recipe"])
+    assert again.best_pce == 0.3 and again.refresh_due and again.validated
+    assert all(torch.equal(again.pseudo[i], recipe.pseudo[i]) for i in (0, 1))
     assert _recipe(_cfg(loss="pce"), glas_items[0]).uses_cvm is False
 
 
