@@ -162,3 +162,13 @@ def test_config_checks_of_the_regions_recipe():
                        ({"regions": {"chan_vese": {"iterations": 0}}}, "iterations")):
         with pytest.raises(ConfigError, match=match):
             load_config(overrides={"recipe": "regions", **bad})
+
+
+
+def test_train_save_items_refuses_the_regions_recipe(tmp_path, capsys):
+    from wsi_weakseg.cli import main
+
+    (tmp_path / "cfg.yaml").write_text("recipe: regions\n")
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "m"),
+                 "--save-items", str(tmp_path / "items.npz")]) == 2
+    assert "--save-items does not support the regions recipe" in capsys.readouterr().err
