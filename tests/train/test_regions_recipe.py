@@ -48,7 +48,7 @@ def _cfg(spec=None, epochs: int = 2, **regions):
         "recipe": "regions", "model": {"width": 8}, "data": {"spec": str(spec) if spec else None, "mpp": 2.5,
                                                             "patch": 128, "crop": 128},
         "optim": {"epochs": epochs, "batch_size": 2, "lr": 1e-3},
-        "regions": {"warmup_epochs": 1, "point_radius_um": 2.5, **regions},  # 3 x 3 squares at 2.5 µm/px
+        "regions": {"warmup_epochs": 1, "point_radius_um": 2.5, "target_class": "Gland", **regions},  # 3 x 3 squares at 2.5 µm/px
     })
 
 
