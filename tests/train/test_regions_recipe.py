@@ -123,8 +123,10 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     assert set(card["metrics"]["mean"]) == {"dice", "iou", "object_dice", "pce"}
     history = card["training"]["history"]
     assert result.best["metric"] == "dice" and history[1]["validation"]["net"]["pce"] > 0
-    # epoch 0's validation pCE was the first low: the trainer told the recipe, which computed u for epoch 1
-    assert "net/wkl" not in history[0]["terms"] and "net/wkl" in history[1]["terms"]
+    assert "net/wkl" not in history[0]["terms"] and "net/wkl" in history[1]["terms"]  # u after the 1-epoch warm-up
+    # the trainer passed each epoch's validation means to the recipe: its lowest pCE is in the checkpoint
+    cvm_state = load_checkpoint(tmp_path / "m" / "training" / "checkpoint.pt")["recipe"]["cvm"]
+    assert cvm_state["validated"] and cvm_state["best_pce"] == min(h["validation"]["net"]["pce"] for h in history)
     model = load_model(tmp_path / "m")
     assert model.net.head.out_channels == 1
     # scripts/evaluate_regions.py scores a split the same way (here the validation split: the card's numbers)
