@@ -149,6 +149,18 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     assert np.array_equal(panel[:, 2 * 196 :], expected)
 
 
+def test_without_validation_masks_the_lowest_validation_pce_picks_the_epoch(glas_spec, tmp_path, caplog):
+    data = yaml.safe_load(glas_spec.read_text())
+    for item in data["items"]:
+        item.pop("labels")  # points only, as a pathologist's validation images would be
+        item["region_points"] = str(glas_spec.parent / item["region_points"])
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    result = train(_cfg(tmp_path / "spec.yaml", epochs=2), tmp_path / "m", progress=False, max_steps=1)
+    pce = [h["validation"]["net"]["pce"] for h in result.history]
+    assert "lowest validation pCE" in caplog.text and "dice" not in result.history[0]["validation"]["net"]
+    assert result.best["metric"] == "pce" and result.best["value"] == min(pce) and result.best["epoch"] == pce.index(min(pce))
+
+
 def test_a_regions_card_is_a_one_head_resnet34_unet_without_a_window():
     ok = {"name": "r", "architecture": "resnet34-unet", "mpp": 1.25, "model_type": REGIONS, "heads": ["region"]}
     ModelCard(**ok)

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 PACKAGED = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = ("points", "scribbles", "few-masks", "cks", "regions")
 #: Validation metrics that may pick the shipped epoch: instance metrics of the nucleus recipes, region metrics.
-METRICS = {"regions": ("dice", "iou", "object_dice")}
+METRICS = {"regions": ("dice", "iou", "object_dice", "pce")}
 
 
 def packaged_defaults(recipe: str = "points") -> dict[str, Any]:

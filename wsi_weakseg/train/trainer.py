@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,8 @@ from .validate import validate
 log = logging.getLogger(__name__)
 
 BEST = "best.pt"
+#: Validation metrics of which the lowest value is the best (the regions recipe's point loss, the paper's choice).
+LOWER_IS_BETTER = frozenset({"pce"})
 LICENCE_NOTE = "weights inherit the licences of their training data (see training.data)"
 #: Recipe classes by ``cfg["recipe"]``, and what each learns from (the card's description).
 RECIPES = {"points": PointsRecipe, "scribbles": ScribblesRecipe, "few-masks": FewMasksRecipe, "cks": CksRecipe,
@@ -220,10 +223,8 @@ def train(
     card = model_card(cfg, out_dir.name)
     torch.manual_seed(int(cfg["seed"]))  # network initialisation (the loop seeds sampling and dropout-free training)
     recipe = RECIPES[cfg["recipe"]](cfg, train_items, card.normalization, dev)
-    metric = cfg["data"]["metric"]
-    if metric == "aji" and val_items and all(v.labels is None for v in val_items):
-        log.warning("no validation item has a label map: model selection uses detection F1")
-        metric = "f1"
+    metric = _selection_metric(cfg, val_items)
+    lower = metric in LOWER_IS_BETTER
     nets = recipe.candidates()
     score = _scorer(cfg, card, val_items, str(dev))
 
@@ -241,8 +242,8 @@ def train(
             rec.note_validation(scores[nets[0]]["mean"])
         for k, s in scores.items():
             log.info("epoch %d net %s: %s", epoch + 1, k, json.dumps({m: round(v, 4) for m, v in s["mean"].items()}))
-            value = float(s["mean"].get(metric, -1.0))
-            if best is None or value > best["value"]:
+            value = float(s["mean"].get(metric, math.inf if lower else -1.0))
+            if best is None or (value < best["value"] if lower else value > best["value"]):
                 best = {"epoch": epoch, "net": k, "value": value, "metric": metric}
                 save_checkpoint(work / BEST, {**best, "state": rec.nets[k].state_dict(), "validation": s})
         return {k: s["mean"] for k, s in scores.items()}
@@ -282,6 +283,18 @@ def train(
     _publish(out_dir, card, net)
     log.info("model written to %s (net %s, epoch %s)", out_dir, best["net"], best["epoch"])
     return TrainResult(out_dir, history, metrics, best)
+
+
+def _selection_metric(cfg: Mapping, val_items: Sequence) -> str:
+    """The validation metric that picks the shipped (net, epoch): ``data.metric``, or what the items allow."""
+    metric = cfg["data"]["metric"]
+    if metric == "aji" and val_items and all(v.labels is None for v in val_items):
+        log.warning("no validation item has a label map: model selection uses detection F1")
+        return "f1"
+    if cfg["recipe"] == "regions" and metric != "pce" and val_items and all(v.mask is None for v in val_items):
+        log.warning("no validation item has a target mask: model selection uses the lowest validation pCE")
+        return "pce"
+    return metric
 
 
 def _scorer(cfg: Mapping, card: ModelCard, val_items: Sequence, device: str) -> Callable[[torch.nn.Module], dict]:
