@@ -1,4 +1,4 @@
-"""Weak-label recipes: training targets derived from point clicks, scribbles and drawn masks.
+"""Weak-label recipes: training targets derived from point clicks, scribbles, drawn masks and region in/out points.
 
 Names load lazily (PEP 562): the label makers need only numpy/scipy/scikit-image, while the point
 reader needs shapely, which the training path must not require.
@@ -15,6 +15,8 @@ _EXPORTS = {
     "DataSpec": "spec", "SpecItem": "spec", "load_item_points": "spec", "load_spec": "spec",
     "MaskSet": "masks", "rasterise_masks": "masks", "read_masks": "masks", "load_item_masks": "spec",
     "estimate_stain_matrix": "stain", "hematoxylin": "stain", "voronoi_cells": "voronoi", "voronoi_label": "voronoi",
+    "RegionPoints": "region_points", "read_region_points": "region_points", "simulate_region_points": "region_points",
+    "write_region_points": "region_points", "load_item_region_points": "region_points",
 }
 
 __all__ = sorted(_EXPORTS)
