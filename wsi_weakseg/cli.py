@@ -104,8 +104,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .model.card import DEFAULT_MODEL
 
     res = segment(args.slide, args.output, args.model or DEFAULT_MODEL, _options(args))
-    log.info("%d nuclei -> %s", res.n_nuclei, res.geojson)
-    print(json.dumps({"nuclei": res.n_nuclei, "geojson": str(res.geojson), "zarr": str(res.zarr), "run": str(res.run_json),
+    log.info("%d nuclei, %d regions -> %s", res.n_nuclei, res.n_regions, res.geojson)
+    print(json.dumps({"nuclei": res.n_nuclei, "regions": res.n_regions, "geojson": str(res.geojson), "zarr": str(res.zarr), "run": str(res.run_json),
                       "pictures": [str(p) for p in res.pictures]}))
     return 0
 

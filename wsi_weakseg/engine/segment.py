@@ -26,7 +26,7 @@ from ..errors import (
     ProcessingError,
     WsiWeaksegError,
 )
-from ..model.card import DEFAULT_MODEL, DETECT_SEGMENT, Model, load_model
+from ..model.card import DEFAULT_MODEL, DETECT_SEGMENT, REGIONS, Model, load_model
 from .features import DetectionFormat
 from .inference import Predictor, predict_tiles, resolve_device
 from .instances import InstanceParams, params_from_card
@@ -71,6 +71,7 @@ class SegmentResult:
     n_oversized: int
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
     pictures: list[Path] = field(default_factory=list)  # preview and overlays, as published
+    n_regions: int = 0  # region annotations of a regions model (engine/region_model.py)
 
 
 def instance_params(model: Model, mpp: float) -> InstanceParams:
@@ -197,6 +198,10 @@ def _segment_slide(slide, slide_path: Path, output_dir: Path, model: Model, opts
     """:func:`segment` on an open slide: plan, then run the stages in a staging folder and publish."""
     names = output_names(slide_path, opts.compress)
     with segment_lock(output_dir, names.stem):
+        if model.card.model_type == REGIONS:  # one class's map → region annotations, no nuclei
+            from .region_model import segment_regions
+
+            return segment_regions(slide, slide_path, output_dir, model, opts, tile, clock, names)
         return _segment_locked(slide, slide_path, output_dir, model, opts, tile, clock, names)
 
 
