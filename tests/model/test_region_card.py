@@ -6,16 +6,24 @@ import pytest
 import torch
 
 from wsi_weakseg.errors import ModelCardError
-from wsi_weakseg.model.card import MODEL_TYPES, REGIONS, ModelCard, build_net, load_model, save_model
+from wsi_weakseg.model.card import (
+    MODEL_TYPES,
+    REGIONS,
+    ModelCard,
+    build_net,
+    load_model,
+    save_model,
+)
 from wsi_weakseg.model.region_card import region_thresholds
 
 
 def regions_card(**changes) -> ModelCard:
     """A valid regions card (the contract with the training side), with ``changes``."""
-    fields = dict(name="glands", architecture="resnet34-unet", model_type=REGIONS, mpp=2.0, arch_kwargs={"width": 8},
-                  heads=["region"], activation="sigmoid", classes=[{"name": "Gland", "color": [20, 160, 60]}],
-                  thresholds={"region": 0.5, "min_region_area_um2": 500.0}, tile_size=64, context_px=32,
-                  trained=False)
+    fields = {"name": "glands", "architecture": "resnet34-unet", "model_type": REGIONS, "mpp": 2.0,
+              "arch_kwargs": {"width": 8}, "heads": ["region"], "activation": "sigmoid",
+              "classes": [{"name": "Gland", "color": [20, 160, 60]}],
+              "thresholds": {"region": 0.5, "min_region_area_um2": 500.0}, "tile_size": 64, "context_px": 32,
+              "trained": False}
     return ModelCard(**(fields | changes))
 
 
