@@ -25,6 +25,8 @@ class SegmentOptions:
     mpp: float | None = None
     roi: str | None = None
     tissue: str = "auto"
+    #: QuPath GeoJSON of classified region annotations: nuclei per region (engine/nuclei_regions.py)
+    regions: str | None = None
     compress: bool = False
     progress: bool = True
     preview: bool = True

@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import (
+    ConfigError,
     NoTissueError,
     OutputError,
     ProcessingError,
@@ -32,6 +33,7 @@ from .inference import Predictor, predict_tiles, resolve_device
 from .instances import InstanceParams, params_from_card
 from .lock import segment_lock
 from .merge import iter_texts
+from .nuclei_regions import load_regions
 from .options import NOT_RECORDED, SegmentOptions, options_record  # noqa: F401 - re-exported
 from .outputs import (
     OutputNames,
@@ -179,6 +181,9 @@ def segment(
     clock = StageClock()
     model = model if isinstance(model, Model) else load_model(model)
     tile = opts.validate(model.card.tile_size)
+    if opts.regions is not None and model.card.model_type == REGIONS:
+        raise ConfigError(f"--regions counts nuclei per region: give a nucleus model, not the regions model "
+                          f"{model.card.name!r} (run it without --regions to draw the regions)")
     if not model.card.trained:
         log.warning("model %r is not a trained model: %s", model.card.name, model.card.description or "no description")
     slide_path, output_dir = Path(slide_path), Path(output_dir)
@@ -219,6 +224,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
     frame = Frame.from_view(view, slide)
     params = instance_params(model, view.mpp)
     roi = load_roi(opts.roi)
+    regions = load_regions(opts.regions)
     tissue = select_tissue(opts.tissue, slide)
     plan = plan_tiles(frame, tile, selection_margin(card.context_px, params), tissue.has_tissue, roi)
     if not plan.tiles:
@@ -242,7 +248,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         cls = card.classes[0]
         formatter = DetectionFormat(
             fingerprint=fingerprint, model_sha=model.sha256, scale=frame.scale, offset=frame.offset, mpp=view.mpp,
-            class_name=cls["name"], color=tuple(cls["color"]),
+            class_name=cls["name"], color=tuple(cls["color"]), regions=regions,
         )
         anchor_filter = None if roi is None else functools.partial(frame.anchors_in, roi)
         waiting = [t for t in plan.tiles if t not in partial.reused_tiles]
@@ -262,6 +268,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
             inst = stage.finish(store.labels["nuclei"])
         clock.lap("instances")
         n = write_geojson(tmp / names.geojson, inst, opts.compress)
+        per_region = _nuclei_per_region(regions, inst, frame, slide, roi)
         clock.lap("geojson")
         pictures = write_pictures(tmp, names.stem, slide, view, tissue, inst.sorted_keys, store.labels["nuclei"],
                                   opts.overlays, opts.preview)
@@ -276,7 +283,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         run = _run_record(slide, slide_path, fingerprint, model, view, opts, plan, params, device, tissue,
                           n, inst, clock) | {"pictures": pictures,
                                              "resumed": {"tiles_reused": len(partial.reused_tiles),
-                                                         "blocks_reused": inst.n_reused}}
+                                                         "blocks_reused": inst.n_reused}, **per_region}
         (tmp / names.run_json).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
         files = pictures.get("files", [])
         final = _publish(tmp, output_dir, names, files, stale_outputs(previous, names, output_dir, files))
@@ -294,8 +301,22 @@ def _resume_key(fingerprint: str, model: Model, opts: SegmentOptions, tile: int,
     return run_key({
         "version": __version__, "work_format": 2, "slide": fingerprint, "model": model.sha256, "tile": tile, "mpp": mpp,
         "device": resolve_device(opts.device).type, "options": affecting,
-        "roi": file_digest(opts.roi), "tissue": file_digest(opts.tissue),
+        "roi": file_digest(opts.roi), "tissue": file_digest(opts.tissue), "regions": file_digest(opts.regions),
     })
+
+
+def _nuclei_per_region(regions, inst: Instances, frame: Frame, slide, roi) -> dict[str, Any]:
+    """``run.json``'s ``nuclei_per_region`` (nuclei, mm² inside the slide and ROI, nuclei/mm² per class), or {}."""
+    if regions is None:
+        return {}
+    from shapely.geometry import box
+
+    from .nuclei_regions import count_per_region, region_density_record
+
+    within = box(0, 0, *slide.bounds[2:])
+    within = within if roi is None else within.intersection(roi)
+    counts = count_per_region(regions, inst.record_dir, inst.blocks, frame.scale, frame.offset)
+    return {"nuclei_per_region": region_density_record(regions, counts, slide.mpp, within)}
 
 
 def _publish(tmp: Path, output_dir: Path, names: OutputNames, pictures: list[str], stale: list[Path]) -> dict[str, Path]:
