@@ -126,3 +126,30 @@ def test_oversized_map_is_refused_before_reading():
     check_mask_size((16384, 16384), "s.svs")
     with pytest.raises(ConfigError, match="--roi"):
         check_mask_size((16385, 16384), "s.svs")
+
+
+def test_labelling_and_tracing_stay_within_the_stated_bytes_per_pixel(monkeypatch):
+    """tracemalloc peak from the uint8 map to the polygons, on a 1024² map of blobs with holes.
+
+    Stripes of 64 rows (1024 in use) so that a stripe's temporaries weigh here what they weigh on a whole slide.
+    """
+    import tracemalloc
+
+    from scipy import ndimage
+
+    from wsi_weakseg.engine import region_polygons as rp
+
+    monkeypatch.setattr(rp, "_ROWS", 64)
+    noise = ndimage.gaussian_filter(np.random.default_rng(0).random((128, 128)), 2)
+    prob = np.kron((noise > np.median(noise)) * 200 + 20, np.ones((8, 8))).astype(np.uint8)
+    params = RegionParams(level=128, min_area_px=100, min_hole_px=50, simplify_px=0)
+    region_polygons(*region_labels(prob[:64, :64], params))  # compiled kernels loaded before measuring
+    tracemalloc.start()
+    try:
+        labels, n = region_labels(prob, params)
+        polygons = region_polygons(labels, n)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n > 10 and any(p.interiors for p in polygons)
+    assert 1 + peak / prob.size <= rp.BYTES_PER_PIXEL  # + the map itself
