@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
+import shapely.affinity
 import torch
 import zarr
 from shapely.geometry import shape
@@ -94,3 +95,19 @@ def test_regions_run_writes_annotations_labels_and_areas(image, regions_model, t
         assert poly.is_valid
         inside = shapely.contains_xy(poly, xs, ys)
         assert np.array_equal(inside, labels == f["properties"]["measurements"]["Label"])
+
+
+def test_a_slide_scanned_finer_gives_the_same_regions_in_its_level0_pixels(image, regions_model, tiled_run, tmp_path):
+    """The image at 0.5 µm/px (each pixel 4x4) with a 3-level pyramid: level 2 is the 2 µm/px image itself, read
+    directly, so the regions are the same and every GeoJSON coordinate is 4x the 2 µm/px run's."""
+    fine = np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)
+    slide = write_pyramid_tiff(tmp_path / "glands.tiff", fine, MPP / 4, levels=3, tile=256)
+    res = segment(slide, tmp_path / "out", regions_model, SegmentOptions(tissue="all", progress=False, preview=False))
+    run = json.loads(res.run_json.read_text())
+    assert run["working"]["scale"] == 4.0 and not run["working"]["resampled"]
+    assert run["regions"] == tiled_run[1]["regions"]
+    coarse = [shape(f["geometry"]) for f in read_features(tiled_run[0].geojson)]
+    scaled = [shape(f["geometry"]) for f in read_features(res.geojson)]
+    assert len(scaled) == len(coarse)
+    for a, b in zip(coarse, scaled):
+        assert shapely.equals_exact(shapely.affinity.scale(a, 4, 4, origin=(0, 0)), b, tolerance=1e-9)

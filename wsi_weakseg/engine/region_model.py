@@ -77,6 +77,8 @@ def segment_regions(slide, slide_path: Path, output_dir: Path, model, opts, tile
     if not plan.tiles:
         raise NoTissueError(_no_tissue_message(slide_path, tissue.rule, roi is not None))
     clock.lap("open_and_tissue")
+    if opts.preview or opts.overlays:
+        log.info("%s: a regions model writes no preview or overlays yet (open the GeoJSON in QuPath)", slide_path.name)
     H, W = view.shape
     log.info("%s: regions model %r, %d x %d working px at %.4f µm/px, %d tiles of %d", slide_path.name, card.name,
              W, H, view.mpp, len(plan.tiles), tile)
