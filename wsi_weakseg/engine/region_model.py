@@ -61,7 +61,6 @@ def segment_regions(slide, slide_path: Path, output_dir: Path, model, opts, tile
         _publish,
         _resume_key,
         infer_maps,
-        options_record,
     )
 
     card = model.card
@@ -92,34 +91,45 @@ def segment_regions(slide, slide_path: Path, output_dir: Path, model, opts, tile
         device = infer_maps(model, view, plan, store.image, opts, partial, lambda origins: counter.add(len(origins)))
         clock.lap("inference")
         params = region_params(card, view.mpp)
-        prob = store.image[0]
-        labels, n = region_labels(prob, params)
-        _write_labels(store.labels["regions"], labels)
-        regions = RegionSet.of(labels, n, prob, frame, roi)
-        del prob, labels
+        regions = stitched_regions(store, params, frame, roi)
         clock.lap("regions")
         written = write_region_geojson(tmp / names.geojson, regions, params.simplify_px, card.classes[0],
                                        (fingerprint, model.sha256), view.mpp, opts.compress)
         clock.lap("geojson")
         store.finalize()
         clock.lap("pyramid")
-        run = {
-            "wsi_weakseg_version": __version__, **slide_record(slide, slide_path, fingerprint),
-            "model": model_record(model), "working": working_record(view),
-            "config": {**options_record(opts), "tile_size": plan.tile, "context_px": card.context_px,
-                       "region_params": asdict(params)},
-            "device": device, "versions": versions(),
-            "tiles": {"total": plan.total, "processed": len(plan.tiles), "selection_margin_px": plan.margin},
-            "tissue": tissue.record(),
-            "regions": regions.record(card.classes[0]["name"], view.mpp, tissue.area_mm2) | {"features": written},
-            "timings_s": clock.wall(), "cpu_s": clock.cpu(), "pictures": {"files": []},
-            "resumed": {"tiles_reused": len(partial.reused_tiles)},
-        }
+        run = _run_record(slide, slide_path, fingerprint, model, view, opts, plan, params, device, tissue,
+                          clock) | {"regions": regions.record(card.classes[0]["name"], view.mpp, tissue.area_mm2)
+                                    | {"features": written}, "resumed": {"tiles_reused": len(partial.reused_tiles)}}
         (tmp / names.run_json).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
         final = _publish(tmp, output_dir, names, [], stale_outputs(previous, names, output_dir, []))
         counter.finish()
     return SegmentResult(geojson=final[names.geojson], zarr=final[names.zarr], run_json=final[names.run_json],
                          n_nuclei=0, n_oversized=0, timings=clock.wall(), n_regions=regions.count)
+
+
+def stitched_regions(store, params, frame: Frame, roi=None) -> RegionSet:
+    """The regions of the store's whole level-0 map; their ids go into its ``regions`` label image."""
+    prob = store.image[0]
+    labels, n = region_labels(prob, params)
+    _write_labels(store.labels["regions"], labels)
+    return RegionSet.of(labels, n, prob, frame, roi)
+
+
+def _run_record(slide, slide_path: Path, fingerprint: str, model, view, opts, plan, params, device: str, tissue,
+                clock) -> dict[str, Any]:
+    """``run.json`` of a regions run, less its ``regions`` and ``resumed`` entries."""
+    from .segment import options_record
+
+    return {
+        "wsi_weakseg_version": __version__, **slide_record(slide, slide_path, fingerprint),
+        "model": model_record(model), "working": working_record(view),
+        "config": {**options_record(opts), "tile_size": plan.tile, "context_px": model.card.context_px,
+                   "region_params": asdict(params)},
+        "device": device, "versions": versions(),
+        "tiles": {"total": plan.total, "processed": len(plan.tiles), "selection_margin_px": plan.margin},
+        "tissue": tissue.record(), "timings_s": clock.wall(), "cpu_s": clock.cpu(), "pictures": {"files": []},
+    }
 
 
 def _write_labels(target, labels: np.ndarray) -> None:
