@@ -60,3 +60,11 @@ def test_bad_regions_cards_are_refused(changes, match):
 def test_a_nucleus_card_still_needs_its_own_heads_and_thresholds():
     with pytest.raises(ModelCardError, match="heads must start"):
         ModelCard(name="n", architecture="resnet34-unet", mpp=0.5, heads=["region"])
+
+
+def test_nucleus_scoring_paths_refuse_a_regions_model_with_a_typed_error():
+    from wsi_weakseg.engine.instances import params_from_card
+    from wsi_weakseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="regions model"):
+        params_from_card(regions_card(), 2.0)
