@@ -111,3 +111,13 @@ def test_a_slide_scanned_finer_gives_the_same_regions_in_its_level0_pixels(image
     assert len(scaled) == len(coarse)
     for a, b in zip(coarse, scaled):
         assert shapely.equals_exact(shapely.affinity.scale(a, 4, 4, origin=(0, 0)), b, tolerance=1e-9)
+
+
+def test_a_regions_run_is_a_valid_regions_file_for_nuclei(tiled_run):
+    """Its GeoJSON is what ``segment --regions`` reads: one class whose area is the regions' pixels."""
+    from wsi_weakseg.io.region_annotations import read_region_annotations
+
+    res, run = tiled_run
+    areas = read_region_annotations(res.geojson)
+    assert list(areas) == ["Gland"]
+    assert areas["Gland"].area * MPP**2 / 1e6 == pytest.approx(run["regions"]["area_mm2_by_class"]["Gland"])
