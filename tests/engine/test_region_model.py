@@ -121,3 +121,25 @@ def test_a_regions_run_is_a_valid_regions_file_for_nuclei(tiled_run):
     areas = read_region_annotations(res.geojson)
     assert list(areas) == ["Gland"]
     assert areas["Gland"].area * MPP**2 / 1e6 == pytest.approx(run["regions"]["area_mm2_by_class"]["Gland"])
+
+
+def test_an_interrupted_regions_run_resumes_from_its_journalled_tiles(image, regions_model, tiled_run, tmp_path,
+                                                                      monkeypatch):
+    """A failure after inference keeps the working folder; the rerun reuses every tile and writes the same bytes."""
+    from wsi_weakseg.engine import region_model
+    from wsi_weakseg.errors import ProcessingError
+
+    slide = write_pyramid_tiff(tmp_path / "glands.tiff", image, MPP, levels=1, tile=64)  # same content, same ids
+    opts = SegmentOptions(tissue="all", progress=False, preview=False)
+
+    def fail(*args, **kwargs):
+        raise ProcessingError("killed after inference")
+
+    with monkeypatch.context() as m:
+        m.setattr(region_model, "stitched_regions", fail)
+        with pytest.raises(ProcessingError):
+            segment(slide, tmp_path / "out", regions_model, opts)
+    res = segment(slide, tmp_path / "out", regions_model, opts)
+    run = json.loads(res.run_json.read_text())
+    assert run["resumed"]["tiles_reused"] == run["tiles"]["processed"] == 20
+    assert res.geojson.read_bytes() == tiled_run[0].geojson.read_bytes()
