@@ -23,6 +23,7 @@ from wsi_weakseg.engine.inference import Predictor, predict_image
 from wsi_weakseg.engine.region_polygons import region_labels, region_params
 from wsi_weakseg.engine.segment import SegmentOptions, segment
 from wsi_weakseg.io.geojson import read_features
+from wsi_weakseg.io.omezarr import validate_ome_zarr
 from wsi_weakseg.model.card import REGIONS, ModelCard, load_model, save_model
 from wsi_weakseg.model.context import compare_context, measure_context
 from wsi_weakseg.model.fit import fit_dense
@@ -84,6 +85,10 @@ def test_regions_run_writes_annotations_labels_and_areas(image, regions_model, t
     expected, n = region_labels(zarr.open_array(res.zarr / "0")[0], region_params(load_model(regions_model).card, MPP))
     assert np.array_equal(labels, expected) and n >= 1 and res.n_regions == n == run["regions"]["count"]
     assert run["regions"]["area_mm2_by_class"]["Gland"] == pytest.approx((labels > 0).sum() * MPP**2 / 1e6)
+    assert validate_ome_zarr(res.zarr) == []
+    root = zarr.open_group(res.zarr, mode="r")
+    assert root["0"].dtype == np.uint8 and root.attrs["ome"]["omero"]["channels"][0]["label"] == "region"
+    assert root["labels"].attrs["ome"]["labels"] == ["regions"]
     features = read_features(res.geojson)
     assert {f["properties"]["objectType"] for f in features} == {"annotation"}
     assert {(f["properties"]["classification"]["name"], tuple(f["properties"]["classification"]["color"]))
