@@ -96,3 +96,20 @@ def test_segment_with_regions_measures_each_nucleus_and_reports_densities(slide,
         assert per_region[name] == {"nuclei": counts[name], "area_mm2": round(area, 6),
                                     "nuclei_per_mm2": round(counts[name] / area, 3)}
     assert min(counts.values()) > 10
+
+
+def test_membership_from_many_threads_equals_the_serial_answer():
+    """Block threads share one tree (built before they start, only read): concurrent queries agree with serial."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    discs = {f"c{k}": shapely.union_all([shapely.Point(*rng.uniform(0, 1000, 2)).buffer(rng.uniform(20, 80))
+                                         for _ in range(30)]) for k in range(3)}
+    regions = RegionClasses(discs)
+    batches = [rng.uniform(0, 1000, (2, 20000)) for _ in range(16)]
+    serial = [regions.contains_xy(x, y) for x, y in batches]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda b: regions.contains_xy(*b), batches))
+    assert all(np.array_equal(a, b) for a, b in zip(serial, threaded))
+    x, y = batches[0]
+    assert np.array_equal(serial[0][:, 1], shapely.contains_xy(discs["c1"], x, y))  # "within" = strictly inside
