@@ -5,9 +5,12 @@ inside one of the class's polygons. Classes are independent: overlapping annotat
 nucleus in both. Each nucleus gets one measurement per class, ``Region: <class>`` = 1 or 0 (QuPath
 measurements are numbers); ``run.json`` gets, per class, the nuclei, the area in mm² and nuclei per mm².
 
-The test is vectorised over a block's nuclei: centroids with shapely from the ragged rings, then one
-``STRtree.query(points, predicate="within")`` against all classes' polygon parts. The tree is built once,
-before the block threads start, and only read by them.
+The test is vectorised over a block's nuclei: centroids with shapely from the ragged rings, candidate parts by
+bounding box from one ``STRtree.query``, then ``shapely.contains_xy`` on the prepared parts (0.8 µs per nucleus
+against 7.6 µs for ``query(..., predicate="within")``, which tests each point against the unprepared polygon:
+measured on 20,000 nuclei and 300 discs of 3 classes; the whole membership with centroids ~4 µs per nucleus).
+The tree and the prepared parts are built before the block threads start and warmed there (GEOS builds a
+prepared polygon's point locator on its first query), so the threads only read them.
 """
 
 from __future__ import annotations
@@ -42,8 +45,12 @@ class RegionClasses:
             for part in shapely.get_parts(geom):
                 parts.append(part)
                 owner.append(k)
-        self._tree = shapely.STRtree(parts)
+        self._parts = np.asarray(parts, dtype=object)
+        self._tree = shapely.STRtree(self._parts)
         self._owner = np.asarray(owner, np.int64)
+        shapely.prepare(self._parts)
+        corner = shapely.get_coordinates(shapely.get_exterior_ring(self._parts))[:1]
+        shapely.contains_xy(self._parts, *corner.T.repeat(len(parts), axis=1))  # warm: locators built here
 
     @property
     def measurement_names(self) -> tuple[str, ...]:
@@ -52,10 +59,12 @@ class RegionClasses:
 
     def contains_xy(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(n, classes) bool: whether each point lies strictly inside each class's area."""
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         out = np.zeros((len(x), len(self.names)), bool)
         if len(x):
-            points, parts = self._tree.query(shapely.points(x, y), predicate="within")
-            out[points, self._owner[parts]] = True
+            points, parts = self._tree.query(shapely.points(x, y))  # bounding boxes
+            inside = shapely.contains_xy(self._parts[parts], x[points], y[points])
+            out[points[inside], self._owner[parts[inside]]] = True
         return out
 
     def of_polygons(self, xy: np.ndarray, ring_starts: np.ndarray, poly_starts: np.ndarray, scale: float,
