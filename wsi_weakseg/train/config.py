@@ -148,6 +148,12 @@ def _check_cks(cfg: dict[str, Any], positive) -> None:
     chans = c["collaborator_channels"]
     if not (isinstance(chans, list) and len(chans) == 3 and all(isinstance(v, int) and v > 0 for v in chans)):
         raise ConfigError(f"cks.collaborator_channels must be three positive integers, got {chans!r}")
+    if c["collaborator_norm"] not in ("group", "none"):
+        raise ConfigError(f"cks.collaborator_norm must be 'group' (ours) or 'none' (plain convs), "
+                          f"got {c['collaborator_norm']!r}")
+    if c["collaborator_norm"] == "group" and any(v % 4 for v in chans):
+        raise ConfigError(f"cks.collaborator_channels must be multiples of 4 with collaborator_norm 'group' "
+                          f"(4 groups), got {chans!r}")
     mpp = float(cfg["data"]["mpp"])
     if not 8 <= c["window_um"] / mpp <= 240:
         raise ConfigError(f"cks.window_um {c['window_um']} is {c['window_um'] / mpp:.0f} px at data.mpp {mpp}; "
