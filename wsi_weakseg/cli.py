@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where tiles run: auto (default: the whole image for plain images, the tissue mask for slides), "
              "all (everything), or a QuPath GeoJSON of tissue annotations",
     )
+    seg.add_argument("--regions", metavar="FILE",
+                     help="QuPath GeoJSON of classified region annotations (e.g. a regions model's output): each "
+                          "nucleus gets a 'Region: <class>' measurement and run.json nuclei per mm² per class")
     _add_run_flags(seg)
 
     info = sub.add_parser("info", help="slide metadata: vendor, levels, mpp, objective, bounds, tissue fraction")
@@ -93,7 +96,7 @@ def _options(args: argparse.Namespace):
     return SegmentOptions(
         tile_size=args.tile_size, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         block_size=args.block_size, mpp=args.mpp, roi=getattr(args, "roi", None),
-        tissue=getattr(args, "tissue", "auto"), compress=args.compress,
+        tissue=getattr(args, "tissue", "auto"), regions=getattr(args, "regions", None), compress=args.compress,
         progress=not args.no_progress and sys.stderr.isatty(), preview=not args.no_preview, overlays=args.overlays,
         **({} if args.outlines is None else {"outlines": args.outlines}),
     )
@@ -104,8 +107,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .model.card import DEFAULT_MODEL
 
     res = segment(args.slide, args.output, args.model or DEFAULT_MODEL, _options(args))
-    log.info("%d nuclei -> %s", res.n_nuclei, res.geojson)
-    print(json.dumps({"nuclei": res.n_nuclei, "geojson": str(res.geojson), "zarr": str(res.zarr), "run": str(res.run_json),
+    log.info("%d nuclei, %d regions -> %s", res.n_nuclei, res.n_regions, res.geojson)
+    print(json.dumps({"nuclei": res.n_nuclei, "regions": res.n_regions, "geojson": str(res.geojson), "zarr": str(res.zarr), "run": str(res.run_json),
                       "pictures": [str(p) for p in res.pictures]}))
     return 0
 

@@ -48,6 +48,8 @@ def test_subsets_are_seeded_nested_squares_with_masks_only_inside_training_regio
             expected = [it.image for it in source.split(split) if it.labels is not None]
             assert [it.image for it in spec.split(split)] == expected and all(it.masks is None for it in spec.split(split))
     assert chosen["1of32"] < chosen["1of8"]
+    committed = json.loads((REPO / "configs" / "few-masks-eval" / "labelled-squares.json").read_text())
+    assert {k: {tuple(s) for s in committed[k]} for k in chosen} == chosen  # the evaluation's fixed subsets
     points = load_spec(tmp_path / "points" / "spec.yaml").split("train")
     assert len(points) == 19 and all(it.points is not None and it.masks is None for it in points)
 

@@ -14,8 +14,8 @@ import yaml
 from _resume import straight_and_resumed
 from PIL import Image
 
-from wsi_weakseg.errors import ConfigError, ModelCardError
-from wsi_weakseg.model.card import REGIONS, ModelCard, load_model
+from wsi_weakseg.errors import ConfigError
+from wsi_weakseg.model.card import REGIONS, load_model
 from wsi_weakseg.train.checkpoint import load_checkpoint, save_checkpoint
 from wsi_weakseg.train.config import load_config
 from wsi_weakseg.train.loop import run
@@ -120,6 +120,8 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["model_type"] == REGIONS and card["architecture"] == "resnet34-unet" and card["heads"] == ["region"]
     assert card["activation"] == "sigmoid" and card["classes"][0]["name"] == "Gland" and card["mpp"] == 2.5
+    assert card["thresholds"] == {"region": 0.5, "min_region_area_um2": 500.0, "min_hole_area_um2": 0.0,
+                                  "simplify_um": 0.0}
     assert set(card["metrics"]["mean"]) == {"dice", "iou", "object_dice", "pce"}
     history = card["training"]["history"]
     assert result.best["metric"] == "dice" and history[1]["validation"]["net"]["pce"] > 0
@@ -129,6 +131,14 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     assert cvm_state["validated"] and cvm_state["best_pce"] == min(h["validation"]["net"]["pce"] for h in history)
     model = load_model(tmp_path / "m")
     assert model.net.head.out_channels == 1
+    # the seam with the engine: segment runs the trained card on a GlaS image and writes its region annotations
+    from wsi_weakseg.engine.segment import SegmentOptions, segment
+
+    first = yaml.safe_load(glas_spec.read_text())["items"][0]["image"]
+    segment(first, tmp_path / "seg", model, SegmentOptions(device="cpu", mpp=0.62, progress=False, preview=False,
+                                                           num_workers=1))
+    regions = json.loads((tmp_path / "seg" / "train_1.run.json").read_text())["regions"]
+    assert set(regions["area_mm2_by_class"]) == {"Gland"} and (tmp_path / "seg" / "train_1.geojson").is_file()
     # scripts/evaluate_regions.py scores a split the same way (here the validation split: the card's numbers)
     script = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "evaluate_regions.py"))
     assert script["main"]([str(tmp_path / "m"), str(glas_spec), "--split", "validation", "--out", str(tmp_path / "v.json")]) == 0
@@ -161,22 +171,15 @@ def test_without_validation_masks_the_lowest_validation_pce_picks_the_epoch(glas
     assert result.best["metric"] == "pce" and result.best["value"] == min(pce) and result.best["epoch"] == pce.index(min(pce))
 
 
-def test_a_regions_card_is_a_one_head_resnet34_unet_without_a_window():
-    ok = {"name": "r", "architecture": "resnet34-unet", "mpp": 1.25, "model_type": REGIONS, "heads": ["region"]}
-    ModelCard(**ok)
-    with pytest.raises(ModelCardError, match="window_um"):
-        ModelCard(**ok, window_um=10.0)
-    with pytest.raises(ModelCardError, match="one head"):
-        ModelCard(**{**ok, "heads": ["region", "other"]})
-
-
 def test_config_checks_of_the_regions_recipe():
     paper = load_config(overrides={"recipe": "regions"})
     assert paper["optim"]["optimizer"] == "adam" and paper["optim"]["lr"] == 1e-4 and paper["regions"]["eta"] == 0.6
     assert math.isclose(paper["optim"]["weight_decay"], 1e-4) and paper["data"]["metric"] == "dice"
     for bad, match in (({"regions": {"loss": "ce"}}, "regions.loss"), ({"regions": {"eta": 1.5}}, "regions.eta"),
                        ({"regions": {"feature_stage": 5}}, "feature_stage"), ({"data": {"metric": "aji"}}, "data.metric"),
-                       ({"regions": {"chan_vese": {"iterations": 0}}}, "iterations")):
+                       ({"regions": {"chan_vese": {"iterations": 0}}}, "iterations"),
+                       ({"regions": {"thresholds": {"region": 1.0}}}, "thresholds.region"),
+                       ({"regions": {"thresholds": {"min_region_area_um2": -1}}}, "min_region_area_um2")):
         with pytest.raises(ConfigError, match=match):
             load_config(overrides={"recipe": "regions", **bad})
 

@@ -42,11 +42,15 @@ class SlideJob:
         The slide file.
     mpp : float or None
         Pixel size in µm/px overriding the slide's metadata (a manifest's ``mpp`` column), or None.
+    regions : Path or None
+        QuPath GeoJSON of the slide's classified region annotations (a manifest's ``regions`` column, relative
+        to the manifest's folder): nuclei per mm² per region class in the ledger (``segment --regions``).
     """
 
     slide_id: str
     path: Path
     mpp: float | None = None
+    regions: Path | None = None
 
 
 def default_slide_id(path: Path) -> str:
@@ -132,9 +136,9 @@ def _from_manifest(path: Path) -> list[SlideJob]:
             fields = [f.strip().lower() for f in (reader.fieldnames or [])]
             if "path" not in fields:
                 raise CohortInputError(
-                    f"manifest {path} needs a 'path' column (optional: mpp, slide_id); its columns are {fields}"
+                    f"manifest {path} needs a 'path' column (optional: mpp, slide_id, regions); its columns are {fields}"
                 )
-            extra = sorted(set(fields) - {"path", "mpp", "slide_id"})
+            extra = sorted(set(fields) - {"path", "mpp", "slide_id", "regions"})
             if extra:
                 log.info("manifest %s: ignoring columns %s", path, extra)
             rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
@@ -158,7 +162,9 @@ def _from_manifest(path: Path) -> list[SlideJob]:
             if not (math.isfinite(mpp) and mpp > 0):
                 raise CohortInputError(f"{where}: mpp must be a positive number of µm/px, got {row['mpp']!r}")
         sid = row.get("slide_id") or default_slide_id(slide)
-        jobs.append(SlideJob(_checked_id(sid, slide, where), slide, mpp))
+        regions = Path(row["regions"]).expanduser() if row.get("regions") else None
+        regions = regions if regions is None or regions.is_absolute() else path.parent / regions
+        jobs.append(SlideJob(_checked_id(sid, slide, where), slide, mpp, regions))
     return jobs
 
 

@@ -44,8 +44,9 @@ _MODELS: dict[tuple[str, str], Any] = {}  # per worker process: (model ref, sha2
 
 
 def job_options(job: SlideJob, options: SegmentOptions) -> SegmentOptions:
-    """The options one slide runs with: the cohort's, with the manifest's mpp when it gives one."""
-    return replace(options, mpp=job.mpp if job.mpp is not None else options.mpp, progress=False)
+    """The options one slide runs with: the cohort's, with the manifest's mpp and regions file when it gives them."""
+    return replace(options, mpp=job.mpp if job.mpp is not None else options.mpp, progress=False,
+                   regions=str(job.regions) if job.regions is not None else options.regions)
 
 
 def expected_identity(job: SlideJob, options: SegmentOptions, model_sha256: str) -> dict[str, Any]:
@@ -62,7 +63,9 @@ def expected_identity(job: SlideJob, options: SegmentOptions, model_sha256: str)
     except OSError:
         size = mtime = None
     inputs = {
-        "options": {**{k: getattr(opts, k) for k in RESULT_OPTIONS}, "roi": _roi_digest(opts.roi)},
+        # a regions file joins the digest only when given, so slides done before it existed stay done
+        "options": {**{k: getattr(opts, k) for k in RESULT_OPTIONS}, "roi": _roi_digest(opts.roi),
+                    **({"regions": _roi_digest(opts.regions)} if opts.regions else {})},
         "model_sha256": model_sha256,
         "wsi_weakseg_version": __version__,
         "slide": {"size": size, "mtime_ns": mtime},
@@ -197,6 +200,7 @@ def process_slide(
             "tissue_area_mm2": round(area, 6),
             "nuclei_per_mm2": round(res.n_nuclei / area, 3) if area > 0 else None,
             "device": run["device"],
+            **_region_results(run),
         }
         _write_done(out_dir, {
             **identity, "slide_id": job.slide_id,
@@ -215,6 +219,21 @@ def process_slide(
         held.close()  # after done.json is written: the lock covers the commit
     row["duration_s"] = round(time.perf_counter() - start, 3)
     return row
+
+
+#: Ledger fields of slides with regions: nuclei per mm² per region class (``--regions``, a manifest's
+#: ``regions`` column) and, for a regions model, the area per class.
+REGION_RESULTS = ("nuclei_per_mm2_by_region", "region_area_mm2_by_class")
+
+
+def _region_results(run: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`REGION_RESULTS` a run's ``run.json`` has."""
+    out = {}
+    if "nuclei_per_region" in run:
+        out["nuclei_per_mm2_by_region"] = {k: v["nuclei_per_mm2"] for k, v in run["nuclei_per_region"].items()}
+    if "regions" in run:
+        out["region_area_mm2_by_class"] = run["regions"]["area_mm2_by_class"]
+    return out
 
 
 def usable_cores() -> int:
@@ -257,4 +276,5 @@ def result_row(job: SlideJob, done: dict[str, Any]) -> dict[str, Any]:
     """The ledger row of a slide skipped because its done-manifest matches."""
     result = done.get("result") or {}
     return {"slide_id": job.slide_id, "path": str(job.path), "status": "skipped", "duration_s": 0.0,
-            **{k: result.get(k) for k in ("nuclei", "tissue_area_mm2", "nuclei_per_mm2")}}
+            **{k: result.get(k) for k in ("nuclei", "tissue_area_mm2", "nuclei_per_mm2")},
+            **{k: result[k] for k in REGION_RESULTS if k in result}}

@@ -14,8 +14,9 @@ the fast path cannot prove identical (``tests/engine/test_features.py`` compares
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,9 @@ class DetectionFormat:
         Working µm/px (for areas and perimeters).
     class_name : str
     color : (int, int, int)
+    regions : RegionClasses, optional
+        ``--regions``: one more measurement per class, ``Region: <class>`` = 1 when the nucleus's centroid lies
+        inside the class's area, else 0 (:mod:`.nuclei_regions`).
     """
 
     fingerprint: str
@@ -52,6 +56,7 @@ class DetectionFormat:
     mpp: float
     class_name: str
     color: tuple[int, int, int]
+    regions: Any = field(default=None, compare=False)
 
     def __call__(self, nucleus) -> tuple[str, str]:
         """``(head, tail)`` such that ``head + str(id) + tail`` is the serialised feature."""
@@ -62,14 +67,15 @@ class DetectionFormat:
         rings = [r * self.scale + np.asarray(self.offset) for r in nucleus.rings]
         ay, ax = nucleus.anchor
         values = self._values(np.array([nucleus.area_px]), np.array([_perimeter(nucleus)]),
-                              np.array([nucleus.mean_foreground]), np.array([nucleus.centre_score]))[0]
+                              np.array([nucleus.mean_foreground]), np.array([nucleus.centre_score]),
+                              self._in_regions(*_ragged(nucleus.rings)))[0]
         feature = nucleus_feature(
             stable_uuid(self.fingerprint, self.model_sha, ax, ay),
             rings[0],
             holes=rings[1:],
             class_name=self.class_name,
             color=self.color,
-            measurements=dict(zip(("Label", *_MEASUREMENTS), (0, *values.tolist()))),
+            measurements=dict(zip(("Label", *self._names), (0, *values.tolist()))),
         )
         head, sep, tail = serialize_feature(feature).partition(_LABEL + "0")
         assert sep, "Label placeholder missing"
@@ -88,7 +94,8 @@ class DetectionFormat:
         geometry = buf.tobytes().decode("ascii")
         good = ok & np.logical_and.reduceat(_ring_all(exact, ring_starts), poly_starts[:-1])
         perimeters = _perimeters(xy, ring_starts, poly_starts)
-        values = self._values(block.area_px, perimeters, block.mean_foreground, block.centre_score)
+        values = self._values(block.area_px, perimeters, block.mean_foreground, block.centre_score,
+                              self._in_regions(xy, ring_starts, poly_starts))
         good &= np.isfinite(perimeters) & np.all(np.isfinite(values) & (np.abs(values) < MAX_ABS), axis=1)
         tails = self._tails(np.where(good[:, None], values, 0.0))
         uuids = stable_uuids((self.fingerprint, self.model_sha), block.anchors[:, ::-1])
@@ -105,11 +112,19 @@ class DetectionFormat:
         block.cuts = np.column_stack([np.concatenate([[0], ends[:-1, 1]]), ends]).astype(np.int64)
         return block
 
-    def _values(self, area_px, perimeter, mean_foreground, centre_score) -> np.ndarray:
-        """The 4 measurements (n, 4), each rounded to 4 decimals as ``rint(x * 1e4) / 1e4`` (the written value)."""
+    def _values(self, area_px, perimeter, mean_foreground, centre_score, in_regions) -> np.ndarray:
+        """The measurements (n, 4 + region classes), each rounded to 4 decimals as ``rint(x * 1e4) / 1e4`` (the
+        written value)."""
         raw = np.column_stack([np.asarray(area_px, np.float64) * self.mpp**2, np.asarray(perimeter) * self.mpp,
-                               np.asarray(mean_foreground, np.float64), np.asarray(centre_score, np.float64)])
+                               np.asarray(mean_foreground, np.float64), np.asarray(centre_score, np.float64),
+                               in_regions.astype(np.float64)])
         return np.rint(raw * 1e4) / 1e4 + 0.0
+
+    def _in_regions(self, xy: np.ndarray, ring_starts: np.ndarray, poly_starts: np.ndarray) -> np.ndarray:
+        """(n, region classes) membership of each nucleus (no columns without ``regions``)."""
+        if self.regions is None:
+            return np.zeros((len(poly_starts) - 1, 0), bool)
+        return self.regions.of_polygons(xy, ring_starts, poly_starts, self.scale, self.offset)
 
     def _tails(self, values: np.ndarray) -> list[str]:
         """``,"key":value`` x 4 + ``}}}`` of each row, as ``serialize_feature`` writes the rounded values."""
@@ -129,12 +144,23 @@ class DetectionFormat:
         return '"properties":{"objectType":"detection","classification":' + _dumps(cls) + ","
 
     @cached_property
+    def _names(self) -> tuple[str, ...]:
+        """Measurement names after ``Label``."""
+        return _MEASUREMENTS + (() if self.regions is None else self.regions.measurement_names)
+
+    @cached_property
     def _keys(self) -> tuple[str, ...]:
-        return tuple(_dumps(k) for k in _MEASUREMENTS)
+        return tuple(_dumps(k) for k in self._names)
 
 
 def _dumps(obj) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _ragged(rings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One nucleus's closed rings in ``shapely.from_ragged_array`` layout."""
+    sizes = [len(r) for r in rings]
+    return np.concatenate(rings).astype(np.float64), np.cumsum([0, *sizes]), np.array([0, len(rings)])
 
 
 def _perimeter(nucleus) -> float:

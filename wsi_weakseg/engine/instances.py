@@ -90,6 +90,11 @@ def params_from_card(card, mpp: float) -> InstanceParams:
         from .anchored import anchored_params
 
         return anchored_params(card, mpp)
+    if card.model_type == "regions":  # evaluate, validation and tuning score nuclei
+        from ..errors import ConfigError
+
+        raise ConfigError(f"model {card.name!r} is a regions model: it draws tissue regions, not nuclei; give a "
+                          "nucleus model (run `segment` with it to get its regions)")
     t = card.thresholds
     return InstanceParams(
         foreground=int(math.ceil(t["foreground"] * 255)),

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,14 @@ from ..errors import (
     ProcessingError,
     WsiWeaksegError,
 )
-from ..model.card import DEFAULT_MODEL, DETECT_SEGMENT, Model, load_model
+from ..model.card import DEFAULT_MODEL, DETECT_SEGMENT, REGIONS, Model, load_model
 from .features import DetectionFormat
-from .inference import STRIDE, Predictor, predict_tiles, resolve_device
+from .inference import Predictor, predict_tiles, resolve_device
 from .instances import InstanceParams, params_from_card
 from .lock import segment_lock
 from .merge import iter_texts
+from .nuclei_regions import load_regions
+from .options import NOT_RECORDED, SegmentOptions, options_record  # noqa: F401 - re-exported
 from .outputs import (
     OutputNames,
     check_collision,
@@ -41,7 +43,7 @@ from .outputs import (
     publish_all,
     stale_outputs,
 )
-from .pictures import MAX_OVERLAYS, write_pictures
+from .pictures import write_pictures
 from .plan import Frame, TilePlan, plan_tiles, selection_margin
 from .progress import ProgressCounter, progress_bar
 from .provenance import (
@@ -52,61 +54,12 @@ from .provenance import (
     versions,
     working_record,
 )
-from .regions import TissueSelection, check_tissue_option, load_roi, select_tissue
+from .regions import TissueSelection, load_roi, select_tissue
 from .resume import Partial, file_digest, resumable, run_key
 from .schedule import Instances, InstanceStage
-from .smooth import DEFAULT_TOLERANCE, OUTLINE_MODES
+from .smooth import DEFAULT_TOLERANCE
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SegmentOptions:
-    """Run options (the CLI flags). ``None`` means the model card's value."""
-
-    tile_size: int | None = None
-    batch_size: int = 8
-    num_workers: int = 2
-    device: str = "auto"
-    block_size: int = 1024
-    mpp: float | None = None
-    roi: str | None = None
-    tissue: str = "auto"
-    compress: bool = False
-    progress: bool = True
-    preview: bool = True
-    overlays: int = 0
-    outlines: str = OUTLINE_MODES[0]  # "pixel" or "smooth" (docs/design.md, "Outline modes")
-    #: ``on_progress(fraction)`` as tiles and blocks finish (from worker threads; 1.0 once published). Not a
-    #: result option: it is left out of the resume key and of run.json (:data:`NOT_RECORDED`).
-    on_progress: Callable[[float], None] | None = field(default=None, compare=False, repr=False)
-
-    def validate(self, card_tile: int) -> int:
-        """Check the options; return the tile size to use (the card's unless given)."""
-        tile = card_tile if self.tile_size is None else self.tile_size
-        if not isinstance(tile, int) or tile <= 0 or tile % STRIDE:
-            raise ConfigError(f"--tile-size must be a positive multiple of {STRIDE} (e.g. 512), got {tile}")
-        if self.block_size <= 0 or self.block_size % STRIDE:
-            raise ConfigError(f"--block-size must be a positive multiple of {STRIDE}, got {self.block_size}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.num_workers < 1:
-            raise ConfigError(f"--num-workers must be >= 1, got {self.num_workers}")
-        if not isinstance(self.overlays, int) or not 0 <= self.overlays <= MAX_OVERLAYS:
-            raise ConfigError(f"--overlays must be an integer from 0 to {MAX_OVERLAYS}, got {self.overlays}")
-        if self.outlines not in OUTLINE_MODES:
-            raise ConfigError(f"--outlines must be one of {', '.join(OUTLINE_MODES)}, got {self.outlines!r}")
-        check_tissue_option(self.tissue)
-        return tile
-
-
-#: SegmentOptions fields that are not written into run.json (nor the resume key): callables, not settings.
-NOT_RECORDED = ("on_progress",)
-
-
-def options_record(opts: SegmentOptions) -> dict[str, Any]:
-    """The options as plain values (run.json's ``config``), without :data:`NOT_RECORDED` fields."""
-    return {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in NOT_RECORDED}
 
 
 @dataclass
@@ -120,6 +73,7 @@ class SegmentResult:
     n_oversized: int
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
     pictures: list[Path] = field(default_factory=list)  # preview and overlays, as published
+    n_regions: int = 0  # region annotations of a regions model (engine/region_model.py)
 
 
 def instance_params(model: Model, mpp: float) -> InstanceParams:
@@ -227,6 +181,9 @@ def segment(
     clock = StageClock()
     model = model if isinstance(model, Model) else load_model(model)
     tile = opts.validate(model.card.tile_size)
+    if opts.regions is not None and model.card.model_type == REGIONS:
+        raise ConfigError(f"--regions counts nuclei per region: give a nucleus model, not the regions model "
+                          f"{model.card.name!r} (run it without --regions to draw the regions)")
     if not model.card.trained:
         log.warning("model %r is not a trained model: %s", model.card.name, model.card.description or "no description")
     slide_path, output_dir = Path(slide_path), Path(output_dir)
@@ -246,6 +203,10 @@ def _segment_slide(slide, slide_path: Path, output_dir: Path, model: Model, opts
     """:func:`segment` on an open slide: plan, then run the stages in a staging folder and publish."""
     names = output_names(slide_path, opts.compress)
     with segment_lock(output_dir, names.stem):
+        if model.card.model_type == REGIONS:  # one class's map → region annotations, no nuclei
+            from .region_model import segment_regions
+
+            return segment_regions(slide, slide_path, output_dir, model, opts, tile, clock, names)
         return _segment_locked(slide, slide_path, output_dir, model, opts, tile, clock, names)
 
 
@@ -263,6 +224,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
     frame = Frame.from_view(view, slide)
     params = instance_params(model, view.mpp)
     roi = load_roi(opts.roi)
+    regions = load_regions(opts.regions)
     tissue = select_tissue(opts.tissue, slide)
     plan = plan_tiles(frame, tile, selection_margin(card.context_px, params), tissue.has_tissue, roi)
     if not plan.tiles:
@@ -286,7 +248,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         cls = card.classes[0]
         formatter = DetectionFormat(
             fingerprint=fingerprint, model_sha=model.sha256, scale=frame.scale, offset=frame.offset, mpp=view.mpp,
-            class_name=cls["name"], color=tuple(cls["color"]),
+            class_name=cls["name"], color=tuple(cls["color"]), regions=regions,
         )
         anchor_filter = None if roi is None else functools.partial(frame.anchors_in, roi)
         waiting = [t for t in plan.tiles if t not in partial.reused_tiles]
@@ -306,6 +268,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
             inst = stage.finish(store.labels["nuclei"])
         clock.lap("instances")
         n = write_geojson(tmp / names.geojson, inst, opts.compress)
+        per_region = _nuclei_per_region(regions, inst, frame, slide, roi)
         clock.lap("geojson")
         pictures = write_pictures(tmp, names.stem, slide, view, tissue, inst.sorted_keys, store.labels["nuclei"],
                                   opts.overlays, opts.preview)
@@ -320,7 +283,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         run = _run_record(slide, slide_path, fingerprint, model, view, opts, plan, params, device, tissue,
                           n, inst, clock) | {"pictures": pictures,
                                              "resumed": {"tiles_reused": len(partial.reused_tiles),
-                                                         "blocks_reused": inst.n_reused}}
+                                                         "blocks_reused": inst.n_reused}, **per_region}
         (tmp / names.run_json).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
         files = pictures.get("files", [])
         final = _publish(tmp, output_dir, names, files, stale_outputs(previous, names, output_dir, files))
@@ -338,8 +301,22 @@ def _resume_key(fingerprint: str, model: Model, opts: SegmentOptions, tile: int,
     return run_key({
         "version": __version__, "work_format": 2, "slide": fingerprint, "model": model.sha256, "tile": tile, "mpp": mpp,
         "device": resolve_device(opts.device).type, "options": affecting,
-        "roi": file_digest(opts.roi), "tissue": file_digest(opts.tissue),
+        "roi": file_digest(opts.roi), "tissue": file_digest(opts.tissue), "regions": file_digest(opts.regions),
     })
+
+
+def _nuclei_per_region(regions, inst: Instances, frame: Frame, slide, roi) -> dict[str, Any]:
+    """``run.json``'s ``nuclei_per_region`` (nuclei, mm² inside the slide and ROI, nuclei/mm² per class), or {}."""
+    if regions is None:
+        return {}
+    from shapely.geometry import box
+
+    from .nuclei_regions import count_per_region, region_density_record
+
+    within = box(0, 0, *slide.bounds[2:])
+    within = within if roi is None else within.intersection(roi)
+    counts = count_per_region(regions, inst.record_dir, inst.blocks, frame.scale, frame.offset)
+    return {"nuclei_per_region": region_density_record(regions, counts, slide.mpp, within)}
 
 
 def _publish(tmp: Path, output_dir: Path, names: OutputNames, pictures: list[str], stale: list[Path]) -> dict[str, Path]:

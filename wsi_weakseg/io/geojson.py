@@ -36,6 +36,7 @@ from wsi_weakseg.io.polygons import valid_polygons, valid_ragged
 __all__ = [
     "DEFAULT_NUCLEUS_COLOR",
     "GeoJSONWriter",
+    "annotation_feature",
     "feature_class_name",
     "nucleus_feature",
     "read_features",
@@ -211,6 +212,17 @@ def nucleus_feature(
             "measurements": values,
         },
     }
+
+
+def annotation_feature(uid: str, exterior: np.ndarray, *, class_name: str, color: tuple[int, int, int],
+                       measurements: Mapping[str, float] | None = None, holes: Sequence[np.ndarray] = ()) -> dict[str, Any]:
+    """A QuPath *annotation* Feature (a tissue region): :func:`nucleus_feature` with ``objectType: annotation``.
+
+    QuPath shows annotations as editable regions (detections are not), and measures their area itself.
+    """
+    feature = nucleus_feature(uid, exterior, class_name=class_name, color=color, measurements=measurements, holes=holes)
+    feature["properties"]["objectType"] = "annotation"
+    return feature
 
 
 def serialize_feature(feature: Mapping[str, Any]) -> str:

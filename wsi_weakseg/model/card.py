@@ -28,6 +28,7 @@ from ._identity import (  # noqa: F401
     bare_file_name,
     identity_sha256,
 )
+from .region_card import REQUIRED_REGION_THRESHOLDS, region_card_problems
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ DEFAULT_MODEL = "nuclei-points-v2"
 HEADS = ("foreground", "centre")
 #: Model types (the card's ``model_type``): how the engine turns a network's output into nuclei.
 #: ``dense-maps``: foreground + centre maps, engine markers and geodesic split (every model before issue 17);
-#: ``detect-segment``: the network detects nuclei and segments each in a window (LACSS, :mod:`.lacss`).
+#: ``detect-segment``: the network detects nuclei and segments each in a window (LACSS, :mod:`.lacss`);
+#: ``regions``: one probability map of a tissue class, written as region annotations (:mod:`.region_card`).
 DENSE_MAPS = "dense-maps"
 DETECT_SEGMENT = "detect-segment"
 REGIONS = "regions"
@@ -110,7 +112,7 @@ class ModelCard:
         centre maps, engine markers and geodesic split) or ``"detect-segment"`` (detections, each with a mask in
         a window; the thresholds then read: ``centre`` = detection probability, ``peak_radius_um`` = the radius
         within which a detection must be the best to be kept, ``foreground`` = mask probability;
-        ``path_weight`` is unused).
+        ``path_weight`` is unused) or ``"regions"`` (one tissue-class map; keys in :mod:`.region_card`).
     window_um : float or None
         ``detect-segment`` only: side of the square mask window around each detection, in microns (rounded to
         a multiple of 8 working pixels). No pixel of a nucleus is farther than half of it (plus 3 px) from its
@@ -155,7 +157,7 @@ class ModelCard:
             problems.append(f"heads must start with {list(HEADS)}, got {self.heads}")
         if self.activation not in ("sigmoid", "identity"):
             problems.append(f"activation must be 'sigmoid' or 'identity', got {self.activation!r}")
-        missing = set(DEFAULT_THRESHOLDS) - set(self.thresholds)
+        missing = set(REQUIRED_REGION_THRESHOLDS if self.model_type == REGIONS else DEFAULT_THRESHOLDS) - set(self.thresholds)
         if missing:
             problems.append(f"thresholds lack {sorted(missing)}")
         if not self.classes or any("name" not in c or len(c.get("color", ())) != 3 for c in self.classes):
@@ -175,9 +177,9 @@ class ModelCard:
             return [f"model_type must be one of {list(MODEL_TYPES)}, got {self.model_type!r}"]
         if (self.architecture == "lacss") != (self.model_type == DETECT_SEGMENT):
             return ["architecture 'lacss' goes with model_type 'detect-segment' (and only it)"]
-        if self.model_type in (DENSE_MAPS, REGIONS):
-            if self.model_type == REGIONS and (self.architecture != "resnet34-unet" or len(self.heads) != 1):
-                return ["model_type 'regions' is a 'resnet34-unet' with one head (the target's probability)"]
+        if self.model_type == REGIONS:
+            return region_card_problems(self)
+        if self.model_type == DENSE_MAPS:
             return [] if self.window_um is None else ["window_um is for model_type 'detect-segment' only"]
         if not (isinstance(self.window_um, (int, float)) and math.isfinite(self.window_um) and self.window_um > 0):
             return [f"model_type 'detect-segment' needs a positive window_um, got {self.window_um!r}"]

@@ -109,7 +109,7 @@ class CksRecipe(RecipeState):
         self.cfg, self.items, self.normalization, self.device = cfg, list(items), normalization, device
         self.halves = {PRINCIPAL: list(range(len(items)))}
         self.nets = {PRINCIPAL: build_principal(cfg).to(device),
-                     FOREGROUND: ShallowUNet(tuple(c["collaborator_channels"])).to(device),
+                     FOREGROUND: ShallowUNet(tuple(c["collaborator_channels"]), norm=c["collaborator_norm"]).to(device),
                      BORDER: BorderCNN(int(c["border_channels"])).to(device)}
         self.optimizer = make_optimizer([p for n in self.nets.values() for p in n.parameters()], cfg["optim"])
         self.scheduler = make_scheduler(self.optimizer, cfg["optim"])

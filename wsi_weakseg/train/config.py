@@ -153,6 +153,12 @@ def _check_cks(cfg: dict[str, Any], positive) -> None:
     chans = c["collaborator_channels"]
     if not (isinstance(chans, list) and len(chans) == 3 and all(isinstance(v, int) and v > 0 for v in chans)):
         raise ConfigError(f"cks.collaborator_channels must be three positive integers, got {chans!r}")
+    if c["collaborator_norm"] not in ("group", "none"):
+        raise ConfigError(f"cks.collaborator_norm must be 'group' (ours) or 'none' (plain convs), "
+                          f"got {c['collaborator_norm']!r}")
+    if c["collaborator_norm"] == "group" and any(v % 4 for v in chans):
+        raise ConfigError(f"cks.collaborator_channels must be multiples of 4 with collaborator_norm 'group' "
+                          f"(4 groups), got {chans!r}")
     mpp = float(cfg["data"]["mpp"])
     if not 8 <= c["window_um"] / mpp <= 240:
         raise ConfigError(f"cks.window_um {c['window_um']} is {c['window_um'] / mpp:.0f} px at data.mpp {mpp}; "
@@ -177,6 +183,13 @@ def _check_regions(cfg: dict[str, Any], positive) -> None:
         raise ConfigError(f"regions.feature_stage must be a decoder stage 0 to 4, got {stage!r}")
     if not (isinstance(warm, int) and not isinstance(warm, bool) and warm >= 0):
         raise ConfigError(f"regions.warmup_epochs must be an integer >= 0, got {warm!r}")
+    t = r["thresholds"]
+    if not (isinstance(t["region"], (int, float)) and 0 < t["region"] < 1):
+        raise ConfigError(f"regions.thresholds.region must be a probability in (0, 1), got {t['region']!r}")
+    for key in ("min_region_area_um2", "min_hole_area_um2", "simplify_um"):
+        v = t[key]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"config key 'regions.thresholds.{key}' must be a number >= 0, got {v!r}")
     colour = r["target_color"]
     if not (isinstance(r["target_class"], str) and r["target_class"] and isinstance(colour, list) and len(colour) == 3
             and all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):

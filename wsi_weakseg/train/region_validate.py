@@ -2,9 +2,11 @@
 
 The validation images are small at a region model's pixel size (a GlaS image is about 384 x 259 px at
 1.25 µm/px), so the net runs on each whole image (reflect-padded to a multiple of 32) rather than through the
-engine's tiling. The target mask is ``probability > thresholds["foreground"]`` (0.5); pixel Dice, IoU and object
-Dice (:func:`~wsi_weakseg.evaluate.regions.evaluate_regions`) are scored against the item's mask, and the
-partial cross-entropy (``pce``) on its points, when it has them.
+engine's tiling. The predicted mask is what ``segment`` would write: the probability rounded to uint8 as the
+engine stores it, then the card's region thresholds (``region``, ``min_region_area_um2``, ``min_hole_area_um2``)
+by the engine's own :func:`~wsi_weakseg.engine.region_polygons.region_labels`. Pixel Dice, IoU and object Dice
+(:func:`~wsi_weakseg.evaluate.regions.evaluate_regions`) are scored against the item's mask, and the partial
+cross-entropy (``pce``) on its points, when it has them.
 """
 
 from __future__ import annotations
@@ -48,14 +50,17 @@ def validate_regions(net: torch.nn.Module, card: ModelCard, items: Sequence, dev
         ``{"mean": {"dice", "iou", "object_dice", "pce"}, "images": [{"name", ...}]}``; mask metrics average
         over the items with a mask, ``pce`` over the items with points.
     """
-    threshold = float(card.thresholds["foreground"])
+    from ..engine.region_polygons import region_labels, region_params
+
+    params = region_params(card, card.mpp)
     rows = []
     for item in items:
         logits = region_logits(net, item.image, card.normalization, device)
         row: dict = {"name": item.name}
         if item.mask is not None:
-            prob = torch.sigmoid(logits).numpy()
-            row.update(evaluate_regions(prob > threshold, item.mask))
+            prob = torch.round(torch.sigmoid(logits).clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
+            labels, _ = region_labels(prob, params)
+            row.update(evaluate_regions(labels > 0, item.mask))
         if item.points is not None:
             row["pce"] = float(partial_ce(logits, torch.from_numpy(item.points)))
         rows.append(row)

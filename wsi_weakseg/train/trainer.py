@@ -95,6 +95,7 @@ def model_card(cfg: Mapping, name: str, context_px: int = 64) -> ModelCard:
             name=name, architecture="resnet34-unet", model_type=REGIONS, mpp=float(cfg["data"]["mpp"]),
             arch_kwargs={"width": int(cfg["model"]["width"])}, heads=["region"], activation="sigmoid",
             classes=[{"name": r["target_class"], "color": list(r["target_color"])}], tile_size=512, context_px=context_px,
+            thresholds={k: float(v) for k, v in r["thresholds"].items()},
             description=f"ResNet34-UNet outlining {r['target_class']} regions, trained from in/out points with the "
                         f"regions recipe ({'CVM' if r['loss'] == 'cvm' else 'pCE baseline'}; wsi-weakseg {__version__})",
         )
