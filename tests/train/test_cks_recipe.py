@@ -143,6 +143,39 @@ def test_linear_loss_gradient_sign_follows_the_target_side_of_one_half():
     assert descent[0, 0] > 0 and descent[1, 1] > 0 and descent[0, 1] < 0 and descent[1, 0] == 0
 
 
+def test_balanced_linear_loss_weights_each_class_to_half_and_ignores_a_constant_prediction():
+    """(sum t (1 - p) / sum t + sum (1 - t) p / sum (1 - t)) / 2 by hand; a constant prediction gets no push."""
+    from wsi_weakseg.train.cks_losses import balanced_linear_consistency
+
+    p = torch.tensor([0.9, 0.2, 0.4, 0.1, 0.7])
+    t = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.5])
+    mask = torch.tensor([True, True, True, True, False])  # the last pixel does not count
+    assert balanced_linear_consistency(p, t, mask).item() == pytest.approx((0.1 / 1 + 0.7 / 3) / 2)
+    const = torch.full((4,), 0.3, requires_grad=True)
+    balanced_linear_consistency(const, t[:4], mask[:4]).backward()
+    assert const.grad.sum().item() == pytest.approx(0.0, abs=1e-7)  # plain Eq. 6 would give (3 - 1) / 4
+
+
+def test_mask_prior_is_the_gaussian_logit_about_the_locations_cell():
+    """With the head's output zeroed, a mask is 0.5 x logit(Gaussian, s.d. 6 px) about the centre of the location's
+    stride-4 cell: pixel-centre (4 w/2 + 1.5) in the window, symmetric, 0.5 x 6.907 at most."""
+    from wsi_weakseg.model.lacss import gaussian_logit
+
+    assert gaussian_logit(torch.tensor([0.0]), 6.0).item() == pytest.approx(np.log(0.999 / 0.001), rel=1e-5)
+    assert gaussian_logit(torch.tensor([2 * 36 * np.log(2)]), 6.0).item() == pytest.approx(0.0, abs=1e-5)  # g = 1/2
+    net = LacssNet(width=8, mask_prior_px=6.0, mask_prior_weight=0.5).eval()
+    with torch.no_grad():
+        net.segment_head.convs[-1].weight.zero_()
+        net.segment_head.convs[-1].bias.zero_()
+        out = net(torch.randn(1, 3, 64, 64))
+        m = net.segment(out.features, torch.tensor([[0, 8, 8]]), window_cells(48))[0]
+    rows = torch.arange(48, dtype=torch.float32) - 25.5  # 4 * 6 + 1.5
+    expected = 0.5 * gaussian_logit(rows[:, None] ** 2 + rows[None, :] ** 2, 6.0)
+    torch.testing.assert_close(m, expected)
+    assert m.argmax().item() in {25 * 48 + 25, 25 * 48 + 26, 26 * 48 + 25, 26 * 48 + 26}
+    assert torch.equal(m, m.T) and m.max().item() < 0.5 * 6.91
+
+
 def test_share_loss_penalises_overlap_and_the_collapse_term_grows_as_masks_vanish():
     """Two 1 x 2 windows share one pixel: the overlap term is m_0 m_1 there, counted from each side."""
     masks = torch.tensor([[[0.5, 0.8]], [[0.6, 0.1]]])
@@ -299,7 +332,8 @@ def test_train_writes_a_detect_segment_model_that_loads_and_segments(tmp_path, c
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["model_type"] == "detect-segment" and card["architecture"] == "lacss" and card["window_um"] == 24.0
     assert card["training"]["recipe"] == "cks" and "no watershed" in card["training"]["instances"]
-    assert card["arch_kwargs"] == {"width": 8, "det_strides": [4, 8, 16]} and result.best["net"] == PRINCIPAL
+    assert card["arch_kwargs"] == {"width": 8, "det_strides": [4, 8, 16], "mask_prior_px": 6.0,
+                                   "mask_prior_weight": 0.5} and result.best["net"] == PRINCIPAL  # 3 µm at 0.5
     assert set(card["training"]["thresholds_tuning"]["chosen"]) == {"foreground", "centre"}
     model = load_model(tmp_path / "m")
     assert model.card.model_type == "detect-segment"

@@ -10,8 +10,10 @@ Sec. III-A), with the ResNet34 encoder of :mod:`.resnet_unet` in place of the pa
   the cell;
 - **segmentation branch** (Fig. 3): for a location, the stride-4 feature vector there goes through an MLP to a
   small ``(enc_channels, enc_size, enc_size)`` *location encoding*, resized to the window and concatenated to the
-  stride-4 features of a square window around the location; a few convolutions give the mask logits, upsampled
-  4x to pixels. The window is aligned to the stride-4 grid (:func:`window_origin`), so a location's mask is a
+  stride-4 features of a square window around the location and (ours, as CondInst does) two channels of each
+  window cell's row and column relative to the location's cell, so the convolutions know where the nucleus to
+  segment is from the first step instead of learning it from the coarse encoding; a few convolutions give the
+  mask logits, upsampled 4x to pixels. The window is aligned to the stride-4 grid (:func:`window_origin`), so a location's mask is a
   function of the features in its window, the same in every tile.
 
 ``width`` scales the encoder as in :class:`~.resnet_unet.ResNet34UNet` (64 = the real ResNet34; tests use 8) and
@@ -37,6 +39,22 @@ SEG_STRIDE = 4
 DEFAULT_DET_STRIDES = (4, 8, 16)
 #: Prior probability a detection logit starts at (RetinaNet's focal-loss initialisation).
 DET_PRIOR = 0.01
+#: Clamp of the Gaussian prior before its logit (the logit of 1 is infinite): +-6.9 logits.
+PRIOR_EPS = 1e-3
+
+
+def gaussian_logit(r2: torch.Tensor, d_px: float) -> torch.Tensor:
+    """``logit(clip(exp(-r2 / (2 d^2)), PRIOR_EPS, 1 - PRIOR_EPS))``: the nucleus-size prior of LACSS's Eq. 4.
+
+    Positive within ``r ~ 1.18 d`` of the location, negative beyond, +-6.9 at most.
+
+    Examples
+    --------
+    >>> [round(float(v), 3) for v in gaussian_logit(torch.tensor([0.0, 2 * 1.1774**2 * 4]), 2.0)]
+    [6.907, -0.0]
+    """
+    g = torch.exp(-r2 / (2.0 * d_px**2)).clamp(PRIOR_EPS, 1 - PRIOR_EPS)
+    return torch.log(g) - torch.log1p(-g)
 
 
 class LacssOutput(NamedTuple):
@@ -94,13 +112,15 @@ class DetectionHead(nn.Module):
 class SegmentationHead(nn.Module):
     """Location encoding (MLP on the feature vector at the location) + window features -> mask logits (Fig. 3)."""
 
-    def __init__(self, channels: int, enc_channels: int, enc_size: int, hidden: int, n_convs: int = 3) -> None:
+    def __init__(self, channels: int, enc_channels: int, enc_size: int, hidden: int, n_convs: int = 3,
+                 prior_px: float = 0.0, prior_weight: float = 0.0) -> None:
         super().__init__()
         self.enc_channels, self.enc_size = enc_channels, enc_size
+        self.prior_px, self.prior_weight = float(prior_px), float(prior_weight)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, enc_channels * enc_size * enc_size))
         layers: list[nn.Module] = []
-        cin = channels + enc_channels
+        cin = channels + enc_channels + 2  # + the window's coordinates relative to the location (ours)
         for _ in range(n_convs):
             layers += _conv_relu(cin, hidden)
             cin = hidden
@@ -125,8 +145,18 @@ class SegmentationHead(nn.Module):
         rows = (r[:, None] + steps)[:, :, None]  # padded coordinates: row - half + half + step
         cols = (c[:, None] + steps)[:, None, :]
         crop = padded[b[:, None, None], :, rows, cols].permute(0, 3, 1, 2)  # (n, C, w, w)
-        logits = self.convs(torch.cat([crop, enc], dim=1))
-        return F.interpolate(logits, scale_factor=float(SEG_STRIDE), mode="bilinear", align_corners=False)[:, 0]
+        rel = (steps.to(features.dtype) - half) / half  # -1 .. 1 - 2/w; 0 at the location's cell
+        coords = torch.stack(torch.broadcast_tensors(rel[:, None], rel[None, :])).expand(n, 2, -1, -1)
+        logits = self.convs(torch.cat([crop, enc, coords], dim=1))
+        logits = F.interpolate(logits, scale_factor=float(SEG_STRIDE), mode="bilinear", align_corners=False)[:, 0]
+        return logits + self.prior(window_cells).to(logits) if self.prior_weight else logits
+
+    def prior(self, window_cells: int) -> torch.Tensor:
+        """``prior_weight`` x the Gaussian logit of s.d. ``prior_px`` about the centre of the location's cell,
+        ``(4 w, 4 w)``: every mask starts as a nucleus-sized blob at its location (ours, see :class:`LacssNet`)."""
+        centre = SEG_STRIDE * (window_cells // 2) + (SEG_STRIDE - 1) / 2  # pixel-centre coordinate in the window
+        steps = torch.arange(SEG_STRIDE * window_cells, dtype=torch.float32) - centre
+        return self.prior_weight * gaussian_logit(steps[:, None] ** 2 + steps[None, :] ** 2, self.prior_px)
 
 
 class LacssNet(nn.Module):
@@ -145,6 +175,12 @@ class LacssNet(nn.Module):
         three mask convolutions are ``fpn_channels // 2`` wide.
     in_channels : int
         Input channels (3 for RGB).
+    mask_prior_px, mask_prior_weight : float
+        Ours: a fixed Gaussian logit (:func:`gaussian_logit`, s.d. ``mask_prior_px`` working pixels) times
+        ``mask_prior_weight`` added to every mask's logits, so masks start as nucleus-sized blobs at their
+        locations. Without it (weight 0, the paper's head) the freshly initialised masks cover their whole window,
+        the overlap penalty of Eq. 8 pushes every mask down at once, and their sigmoids saturate before the
+        location is learnt (issue 17, docs/training.md).
 
     Notes
     -----
@@ -154,7 +190,8 @@ class LacssNet(nn.Module):
     stride = 32
 
     def __init__(self, width: int = 64, det_strides: Sequence[int] = DEFAULT_DET_STRIDES, fpn_channels: int | None = None,
-                 enc_channels: int | None = None, enc_size: int = 4, in_channels: int = 3) -> None:
+                 enc_channels: int | None = None, enc_size: int = 4, in_channels: int = 3,
+                 mask_prior_px: float = 0.0, mask_prior_weight: float = 0.0) -> None:
         super().__init__()
         det_strides = tuple(int(s) for s in det_strides)
         if not det_strides or any(s not in (4, 8, 16, 32) for s in det_strides) or len(set(det_strides)) != len(det_strides):
@@ -167,7 +204,8 @@ class LacssNet(nn.Module):
         # Half the pyramid's width in the mask convolutions: they run once per nucleus per window (hundreds per
         # training crop), which made them the costliest part of a CPU step at full width.
         self.segment_head = SegmentationHead(channels, int(enc_channels or max(4, width // 4)), int(enc_size),
-                                             max(8, channels // 2))
+                                             max(8, channels // 2), prior_px=mask_prior_px,
+                                             prior_weight=mask_prior_weight)
         self._he_init()
 
     def _he_init(self) -> None:

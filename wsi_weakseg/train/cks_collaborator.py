@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 #: Collaborator normalisations: ``group`` (ours, the default) or ``none`` (plain convolutions).
 NORMS = ("group", "none")
 
@@ -46,7 +45,7 @@ class ShallowUNet(nn.Module):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         c1, c2, c3 = channels
-        conv = lambda a, b: _double_conv(a, b, norm)  # noqa: E731
+        conv = lambda a, b: _double_conv(a, b, norm)
         self.down1, self.down2, self.bottom = conv(in_channels, c1), conv(c1, c2), conv(c2, c3)
         self.up2, self.up1 = conv(c3 + c2, c2), conv(c2 + c1, c1)
         self.out = nn.Conv2d(c1, 1, 1)

@@ -28,6 +28,7 @@ from ..model.lacss import LacssNet, window_cells, window_origin
 from ..model.resnet_unet import load_torchvision_encoder
 from .cks_collaborator import BorderCNN, ShallowUNet
 from .cks_losses import (
+    balanced_linear_consistency,
     border_loss,
     ce_consistency,
     collapse_loss,
@@ -56,9 +57,17 @@ def window_px(cfg: Mapping) -> int:
     return 8 * max(1, round(float(cfg["cks"]["window_um"]) / float(cfg["data"]["mpp"]) / 8))
 
 
+def principal_kwargs(cfg: Mapping) -> dict:
+    """The principal's constructor arguments (the card's ``arch_kwargs``): width, detection strides, mask prior."""
+    c = cfg["cks"]
+    return {"width": int(cfg["model"]["width"]), "det_strides": [int(v) for v in c["det_strides"]],
+            "mask_prior_px": float(c["prior_d_um"]) / float(cfg["data"]["mpp"]),
+            "mask_prior_weight": float(c["mask_prior_weight"])}
+
+
 def build_principal(cfg: Mapping) -> LacssNet:
     """The principal model of ``cfg`` (``model.width``, ``cks.det_strides``; ImageNet encoder if given)."""
-    net = LacssNet(width=int(cfg["model"]["width"]), det_strides=tuple(cfg["cks"]["det_strides"]))
+    net = LacssNet(**principal_kwargs(cfg))
     if cfg["model"]["imagenet_weights"]:
         load_torchvision_encoder(net, cfg["model"]["imagenet_weights"])
     return net
@@ -160,7 +169,8 @@ class CksRecipe(RecipeState):
         m_c = torch.sigmoid(self.nets[FOREGROUND](x))
         b_c = torch.sigmoid(self.nets[BORDER](x))
         masks = torch.sigmoid(logits)
-        follow = ce_consistency if c["consistency_collaborator"] == "ce" else linear_consistency
+        follow = (ce_consistency if c["consistency_collaborator"] == "ce"
+                  else balanced_linear_consistency if c["collaborator_balance"] else linear_consistency)
         terms["foreground"] = follow(m_c, m_p, consist)
         terms["share"] = share_loss(masks, m_c.detach(), index, valid, shape, c["consistency_principal"])
         terms["border"] = border_loss(b_c, instance_borders(masks, index, inside, shape), consist)

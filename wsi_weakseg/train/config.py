@@ -137,7 +137,7 @@ def _check_cks(cfg: dict[str, Any], positive) -> None:
     for p in ("window_um", "det_smooth_um", "focal_gamma", "prior_d_um", "collapse_delta", "point_sigma_um", "nms_um"):
         positive(f"cks.{p}")
     positive("cks.border_channels", integer=True)
-    for p in ("prior_weight", "edge_um"):
+    for p in ("prior_weight", "edge_um", "mask_prior_weight"):
         if not (isinstance(c[p], (int, float)) and not isinstance(c[p], bool) and 0 <= c[p] < 1e6):
             raise ConfigError(f"config key 'cks.{p}' must be a number >= 0, got {c[p]!r}")
     for p in ("focal_alpha", "detection_threshold"):
@@ -153,6 +153,8 @@ def _check_cks(cfg: dict[str, Any], positive) -> None:
     chans = c["collaborator_channels"]
     if not (isinstance(chans, list) and len(chans) == 3 and all(isinstance(v, int) and v > 0 for v in chans)):
         raise ConfigError(f"cks.collaborator_channels must be three positive integers, got {chans!r}")
+    if not isinstance(c["collaborator_balance"], bool):
+        raise ConfigError(f"cks.collaborator_balance must be true or false, got {c['collaborator_balance']!r}")
     if c["collaborator_norm"] not in ("group", "none"):
         raise ConfigError(f"cks.collaborator_norm must be 'group' (ours) or 'none' (plain convs), "
                           f"got {c['collaborator_norm']!r}")

@@ -27,7 +27,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..model.card import DETECT_SEGMENT, REGIONS, ModelCard, build_net, save_model
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cks_recipe import CksRecipe
+from .cks_recipe import CksRecipe, principal_kwargs
 from .curves import CURVES, write_curves
 from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_items
 from .few_masks_recipe import FewMasksRecipe
@@ -81,8 +81,7 @@ def model_card(cfg: Mapping, name: str, context_px: int = 64) -> ModelCard:
         c = cfg["cks"]
         card = ModelCard(
             name=name, architecture="lacss", model_type=DETECT_SEGMENT, window_um=float(c["window_um"]),
-            mpp=float(cfg["data"]["mpp"]), arch_kwargs={"width": int(cfg["model"]["width"]),
-                                                        "det_strides": [int(v) for v in c["det_strides"]]},
+            mpp=float(cfg["data"]["mpp"]), arch_kwargs=principal_kwargs(cfg),
             tile_size=512, context_px=context_px,
             description=f"ResNet34-FPN detect-and-segment net (LACSS) trained from point clicks with the cks recipe "
                         f"(wsi-weakseg {__version__})",
