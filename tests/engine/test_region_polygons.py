@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
+import shapely.affinity
 from shapely.geometry import shape
 
 from wsi_weakseg.engine.plan import Frame
@@ -153,3 +154,23 @@ def test_labelling_and_tracing_stay_within_the_stated_bytes_per_pixel(monkeypatc
         tracemalloc.stop()
     assert n > 10 and any(p.interiors for p in polygons)
     assert 1 + peak / prob.size <= rp.BYTES_PER_PIXEL  # + the map itself
+
+
+def test_roi_zeroes_the_labels_outside_it_and_keeps_their_ids_consistent_with_the_clipped_polygons():
+    """A slanted ROI: the label image is 0 at pixel centres outside it, the clipped polygons rasterised at pixel
+    centres are the label image, a region with no pixel centre inside is dropped (a sliver of it is inside)."""
+    prob = two_glands()
+    labels, n = region_labels(prob, EXACT)
+    frame = Frame(shape=prob.shape, scale=2.0, origin=(10, 4), bounds_origin=(0, 0))  # output = 2 * working + (10, 4)
+    # working frame: cuts the ring gland slantwise; takes a 0.4 x 0.3 px corner of the L, none of its pixel centres
+    roi_w = shapely.Polygon([(0, 0), (11.4, 0), (11.4, 2.3), (0, 11.5)])
+    roi = shapely.affinity.affine_transform(roi_w, [2, 0, 0, 2, 10, 4])
+    original = labels.copy()
+    regions = RegionSet.of(labels, n, prob, frame, roi)
+    ys, xs = np.mgrid[: prob.shape[0], : prob.shape[1]] + 0.5
+    inside = shapely.contains_xy(roi_w, xs, ys)
+    assert np.array_equal(labels, np.where(inside, original, 0))
+    assert regions.ids.tolist() == [1]  # the L: a sliver of its polygon is in the ROI, no pixel centre
+    assert shapely.intersection(region_polygons(original, n)[1], roi_w).area > 0
+    assert np.array_equal(rasterise(regions.polygons, prob.shape), labels)
+    assert regions.mean_probability.tolist() == [pytest.approx(230 / 255)]

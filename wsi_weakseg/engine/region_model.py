@@ -9,7 +9,7 @@ bound is stated there), and the regions are written as classified annotations.
 
 Outputs: ``<stem>.geojson`` (annotations, classified with the card's class name and colour, holes kept,
 level-0 pixels relative to the bounds origin), ``<stem>.ome.zarr`` (image ``region``: uint8 probability x
-255; labels ``regions``: the kept regions' ids, equal to each annotation's ``Label``) and ``<stem>.run.json``
+255; labels ``regions``: the kept regions' ids, equal to each annotation's ``Label``, 0 outside the ROI) and ``<stem>.run.json``
 (``regions``: count, area per class in mm², fraction of the tissue).
 """
 
@@ -38,6 +38,7 @@ from .provenance import (
 )
 from .region_polygons import (
     check_mask_size,
+    label_counts,
     mean_per_label,
     region_labels,
     region_params,
@@ -48,6 +49,8 @@ from .regions import load_roi, select_tissue
 from .resume import resumable
 
 log = logging.getLogger(__name__)
+
+_STRIPE = 1024  # rows of labels tested against the ROI at a time
 
 
 def segment_regions(slide, slide_path: Path, output_dir: Path, model, opts, tile: int, clock, names):
@@ -91,7 +94,7 @@ def segment_regions(slide, slide_path: Path, output_dir: Path, model, opts, tile
         device = infer_maps(model, view, plan, store.image, opts, partial, lambda origins: counter.add(len(origins)))
         clock.lap("inference")
         params = region_params(card, view.mpp)
-        regions = stitched_regions(store, params, frame, roi)
+        regions, _labels = stitched_regions(store, params, frame, roi)
         clock.lap("regions")
         written = write_region_geojson(tmp / names.geojson, regions, params.simplify_px, card.classes[0],
                                        (fingerprint, model.sha256), view.mpp, opts.compress)
@@ -108,12 +111,14 @@ def segment_regions(slide, slide_path: Path, output_dir: Path, model, opts, tile
                          n_nuclei=0, n_oversized=0, timings=clock.wall(), n_regions=regions.count)
 
 
-def stitched_regions(store, params, frame: Frame, roi=None) -> RegionSet:
-    """The regions of the store's whole level-0 map; their ids go into its ``regions`` label image."""
+def stitched_regions(store, params, frame: Frame, roi=None) -> tuple[RegionSet, np.ndarray]:
+    """The regions of the store's whole level-0 map and their label image (0 outside ``roi``), also written
+    into the store's ``regions`` label image."""
     prob = store.image[0]
     labels, n = region_labels(prob, params)
+    regions = RegionSet.of(labels, n, prob, frame, roi)
     _write_labels(store.labels["regions"], labels)
-    return RegionSet.of(labels, n, prob, frame, roi)
+    return regions, labels
 
 
 def _run_record(slide, slide_path: Path, fingerprint: str, model, view, opts, plan, params, device: str, tissue,
@@ -145,7 +150,8 @@ class RegionSet:
     Attributes
     ----------
     polygons : list of shapely.Polygon or MultiPolygon
-        Region ``ids[i]``'s outline in working pixels, inside the ROI when there is one (empty ones dropped).
+        Region ``ids[i]``'s outline in working pixels, inside the ROI when there is one (regions
+        with no pixel centre inside it dropped).
     ids : ndarray of int
         Label ids (``labels/regions`` in the OME-Zarr), ascending.
     mean_probability : ndarray of float
@@ -159,16 +165,24 @@ class RegionSet:
 
     @classmethod
     def of(cls, labels: np.ndarray, n: int, prob: np.ndarray, frame: Frame, roi=None) -> RegionSet:
-        """Trace regions ``1..n`` of ``labels`` and clip them to ``roi`` (output frame), if given."""
+        """Trace regions ``1..n`` of ``labels`` and clip them to ``roi`` (output frame), if given.
+
+        With a ROI, ``labels`` is changed in place (no second int32 image) to match the clipped polygons: a
+        pixel whose centre is not strictly inside the ROI becomes 0, a region left with no pixel is dropped
+        (a sliver of its polygon may lie in the ROI), and the mean probabilities are over the pixels kept.
+        So the clipped polygons rasterised at pixel centres are the label image, and its ids are the kept
+        ``ids``.
+        """
         polygons = region_polygons(labels, n)
-        means = mean_per_label(prob, labels, n) / 255.0
         ids = np.arange(1, n + 1)
         if roi is not None and polygons:
             (ox, oy), s = frame.offset, frame.scale
             roi_w = shapely.transform(roi, lambda xy: (xy - np.array([ox, oy])) / s)
-            clipped = shapely.intersection(np.asarray(polygons, dtype=object), roi_w)
-            keep = np.flatnonzero(shapely.area(clipped) > 0)
-            polygons, ids, means = [clipped[i] for i in keep], ids[keep], means[keep]
+            clear_outside(labels, roi_w)
+            keep = np.flatnonzero(label_counts(labels, n)[1:] > 0)
+            clipped = shapely.intersection(np.asarray([polygons[i] for i in keep], dtype=object), roi_w)
+            polygons, ids = list(clipped), ids[keep]
+        means = mean_per_label(prob, labels, n)[ids - 1] / 255.0
         return cls(polygons, ids, means, frame)
 
     @property
@@ -189,6 +203,19 @@ class RegionSet:
         """A working-pixel geometry in the output frame (level-0 pixels relative to the bounds origin)."""
         (ox, oy), s = self.frame.offset, self.frame.scale
         return shapely.transform(geom, lambda xy: xy * s + np.array([ox, oy]))
+
+
+def clear_outside(labels: np.ndarray, roi_w) -> None:
+    """Set to 0, in place, the labelled pixels whose centre is not strictly inside ``roi_w`` (working pixels).
+
+    Only labelled pixels are tested, a stripe of rows at a time (bounded memory).
+    """
+    shapely.prepare(roi_w)
+    for y in range(0, labels.shape[0], _STRIPE):
+        stripe = labels[y : y + _STRIPE]
+        r, c = np.nonzero(stripe)
+        out = ~shapely.contains_xy(roi_w, c + 0.5, r + y + 0.5)
+        stripe[r[out], c[out]] = 0
 
 
 def write_region_geojson(path: Path, regions: RegionSet, simplify_px: float, cls: dict[str, Any],
