@@ -1,5 +1,9 @@
 """``segment``'s pictures: ``<stem>.preview.png`` and ``<stem>.overlay-<k>.png``, staged with the other outputs.
 
+This module draws a nuclei run's pictures and holds what a regions run's (:mod:`.region_pictures`) share with
+them: the thumbnail and where its pixels fall (:class:`Thumbnail`), the tissue outline on it, the overlay crop
+box and writer, and the record assembly (:func:`picture_record`: names, cells, ``run.json → pictures``).
+
 - **Preview** (default; ``--no-preview`` skips it): a thumbnail of the slide's bounds region (longest side
   <= :data:`PREVIEW_MAX_SIDE`), the tissue outline of the rule that ran (the mask's tissue, not grown, or the
   ``--tissue`` annotations), and the density of nucleus anchors per cell (nuclei/mm², cividis, colour bar
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,39 +81,103 @@ def write_pictures(tmp: Path, stem: str, slide, view, tissue, sorted_keys: np.nd
     H, W = view.shape
     rows, cols = anchors(sorted_keys, W)
     grid = density_grid(rows, cols, (H, W), view.mpp, cell_size_um(max(H, W) * view.mpp))
+
+    def draw_preview(path: Path) -> dict[str, Any]:
+        return _write_preview(path, stem, slide, view, tissue, grid, len(rows))
+
+    def draw_overlay(path: Path, cell: tuple[int, int]) -> dict[str, Any]:
+        record = write_overlay(path, view, labels, overlay_box(view.shape, grid.cell_px, cell),
+                               lambda rgb, lab: paint(rgb, outline_mask(lab), OUTLINE_COLOUR))
+        return record | {"cell": list(cell), "nuclei_per_mm2": float(grid.per_mm2[cell])}
+
+    return picture_record(tmp, stem, grid, draw_preview if preview else None, draw_overlay, n_overlays, "nuclei")
+
+
+def picture_record(tmp: Path, stem: str, grid, draw_preview, draw_overlay, n_overlays: int,
+                   what: str) -> dict[str, Any]:
+    """Draw the preview and the overlays of the cells :func:`choose_overlay_cells` picks into ``tmp``; return
+    their ``run.json`` record.
+
+    ``draw_preview(path)`` (``None``: no preview) and ``draw_overlay(path, cell)`` write one picture each and
+    return its record; ``grid`` counts ``what`` (nuclei, region outline pixels) per cell.
+    """
     record: dict[str, Any] = {"cell_um": grid.cell_um}
-    if preview:
-        record["preview"] = _write_preview(tmp / f"{stem}.preview.png", stem, slide, view, tissue, grid, len(rows))
+    if draw_preview is not None:
+        record["preview"] = draw_preview(tmp / f"{stem}.preview.png")
     cells = choose_overlay_cells(grid, n_overlays)
-    record["overlays"] = [_write_overlay(tmp / f"{stem}.overlay-{k}.png", view, labels, grid, cell)
-                          for k, cell in enumerate(cells, start=1)]
-    record["files"] = ([f"{stem}.preview.png"] if preview else []) + [o["file"] for o in record["overlays"]]
+    record["overlays"] = [draw_overlay(tmp / f"{stem}.overlay-{k}.png", cell) for k, cell in enumerate(cells, start=1)]
+    record["files"] = ([record["preview"]["file"]] if draw_preview is not None else []) + [
+        o["file"] for o in record["overlays"]]
     if len(cells) < n_overlays:
-        log.warning("%s: %d overlay(s) asked for, %d written (only %d density cells hold nuclei)",
-                    stem, n_overlays, len(cells), len(cells))
+        log.warning("%s: %d overlay(s) asked for, %d written (only %d density cells hold %s)",
+                    stem, n_overlays, len(cells), len(cells), what)
     return record
 
 
-def _write_preview(path: Path, stem: str, slide, view, tissue, grid, n: int) -> dict[str, Any]:
-    from ..slide import WorkingView
+@dataclass(frozen=True)
+class Thumbnail:
+    """The slide's bounds region read at the preview's size, and where its pixel centres fall.
 
-    H, W = view.shape
-    thumb_view = WorkingView(slide, max(view.mpp, max(H, W) * view.mpp / PREVIEW_MAX_SIDE))
-    th, tw = thumb_view.shape
-    thumb = thumb_view.read(0, 0, th, tw)
-    x0, y0 = thumb_view.to_level0(np.arange(tw) + 0.5, np.arange(th) + 0.5)
-    wx, wy = view.from_level0(x0, y0)
-    cell_col = np.where((wx >= 0) & (wx < W), np.floor(wx).astype(np.int64) // grid.cell_px, -1)
-    cell_row = np.where((wy >= 0) & (wy < H), np.floor(wy).astype(np.int64) // grid.cell_px, -1)
-    mask = _tissue_on(getattr(tissue, "outline", None), slide, x0, y0)
+    Attributes
+    ----------
+    view : WorkingView
+        The thumbnail's grid (longest side <= :data:`PREVIEW_MAX_SIDE`, never finer than the working grid).
+    rgb : ndarray (th, tw, 3) uint8
+    x0, y0 : ndarray (tw,), (th,)
+        Level-0 coordinates of the columns' and rows' pixel centres.
+    col, row : ndarray of int64 (tw,), (th,)
+        The working pixel holding each column's / row's centre, -1 outside the working grid.
+    um_per_px : float
+        Level-0 µm per thumbnail pixel (the preview's mm axes).
+    """
+
+    view: Any
+    rgb: np.ndarray
+    x0: np.ndarray
+    y0: np.ndarray
+    col: np.ndarray
+    row: np.ndarray
+    um_per_px: float
+
+    @classmethod
+    def read(cls, slide, view) -> Thumbnail:
+        """Read the thumbnail of ``slide`` for the working grid ``view``."""
+        from ..slide import WorkingView
+
+        H, W = view.shape
+        thumb_view = WorkingView(slide, max(view.mpp, max(H, W) * view.mpp / PREVIEW_MAX_SIDE))
+        th, tw = thumb_view.shape
+        x0, y0 = thumb_view.to_level0(np.arange(tw) + 0.5, np.arange(th) + 0.5)
+        wx, wy = view.from_level0(x0, y0)
+        col = np.where((wx >= 0) & (wx < W), np.floor(wx).astype(np.int64), -1)
+        row = np.where((wy >= 0) & (wy < H), np.floor(wy).astype(np.int64), -1)
+        return cls(thumb_view, thumb_view.read(0, 0, th, tw), x0, y0, col, row, thumb_view.scale * slide.mpp)
+
+    @property
+    def extent_mm(self) -> tuple[float, float]:
+        th, tw = self.rgb.shape[:2]
+        return tw * self.um_per_px / 1000, th * self.um_per_px / 1000
+
+    def tissue(self, tissue, slide) -> np.ndarray | None:
+        """The tissue rule's outline (mask or annotations) on the thumbnail grid, or ``None``."""
+        return _tissue_on(getattr(tissue, "outline", None), slide, self.x0, self.y0)
+
+    def record(self, path: Path, image_origin: tuple[int, int]) -> dict[str, Any]:
+        """The part of a preview's ``run.json`` record every preview has."""
+        return {"file": path.name, "thumbnail_mpp": self.view.mpp, "thumbnail_shape": list(self.rgb.shape[:2]),
+                "image_origin_px": list(image_origin)}
+
+
+def _write_preview(path: Path, stem: str, slide, view, tissue, grid, n: int) -> dict[str, Any]:
+    thumb = Thumbnail.read(slide, view)
+    cell_col = np.where(thumb.col >= 0, thumb.col // grid.cell_px, -1)
+    cell_row = np.where(thumb.row >= 0, thumb.row // grid.cell_px, -1)
     vmax = grid.scale_top()
-    composite = heat_composite(thumb, cell_row, cell_col, grid, mask, vmax)
-    um = thumb_view.scale * slide.mpp
+    composite = heat_composite(thumb.rgb, cell_row, cell_col, grid, thumb.tissue(tissue, slide), vmax)
     title = f"{stem}: {n:,} nuclei, {tissue.area_mm2:.3g} mm² tissue ({tissue.rule}), cells of {grid.cell_um:g} µm"
-    rgb, layout = render_preview(composite, title, (tw * um / 1000, th * um / 1000), vmax)
+    rgb, layout = render_preview(composite, title, thumb.extent_mm, vmax)
     save_png(path, rgb)
-    return {"file": path.name, "thumbnail_mpp": thumb_view.mpp, "thumbnail_shape": [th, tw],
-            "image_origin_px": list(layout.image_origin), "vmax_per_mm2": vmax, "cell_px": grid.cell_px}
+    return thumb.record(path, layout.image_origin) | {"vmax_per_mm2": vmax, "cell_px": grid.cell_px}
 
 
 def _tissue_on(outline, slide, x0: np.ndarray, y0: np.ndarray) -> np.ndarray | None:
@@ -141,10 +210,9 @@ def overlay_box(shape: tuple[int, int], cell_px: int, cell: tuple[int, int]) -> 
     return int(np.clip(round(cy - h / 2), 0, H - h)), int(np.clip(round(cx - w / 2), 0, W - w)), h, w
 
 
-def _write_overlay(path: Path, view, labels, grid, cell: tuple[int, int]) -> dict[str, Any]:
-    y, x, h, w = overlay_box(view.shape, grid.cell_px, cell)
-    lab = np.asarray(labels[y:y + h, x:x + w])
-    save_png(path, paint(view.read(y, x, h, w), outline_mask(lab), OUTLINE_COLOUR))
+def write_overlay(path: Path, view, labels, box: tuple[int, int, int, int], draw) -> dict[str, Any]:
+    """Write the working-resolution crop ``box`` (y, x, h, w) as ``draw(rgb, labels_of_the_crop)`` draws it."""
+    y, x, h, w = box
+    save_png(path, draw(view.read(y, x, h, w), np.asarray(labels[y:y + h, x:x + w])))
     (X0, Y0), (X1, Y1) = view.to_level0(x, y), view.to_level0(x + w, y + h)
-    return {"file": path.name, "working_box": [y, x, h, w], "level0_box": [X0, Y0, X1, Y1],
-            "cell": list(cell), "nuclei_per_mm2": float(grid.per_mm2[cell])}
+    return {"file": path.name, "working_box": [y, x, h, w], "level0_box": [X0, Y0, X1, Y1]}

@@ -112,20 +112,38 @@ def heat_composite(thumb: np.ndarray, cell_of_row: np.ndarray, cell_of_col: np.n
 
 def render_preview(composite: np.ndarray, title: str, extent_mm: tuple[float, float],
                    vmax: float) -> tuple[np.ndarray, PreviewLayout]:
-    """The preview picture: ``composite`` at 1:1 pixels, axes in mm, a colour bar in nuclei/mm², a title.
-
-    matplotlib draws the frame (axes, ticks, colour bar, title) around an empty image area and the composite
-    is pasted into it unresampled, which is what ``figimage`` would do at a fraction of its cost.
+    """The nuclei preview: ``composite`` at 1:1 pixels, axes in mm, a colour bar in nuclei/mm², a title.
 
     Returns
     -------
     rgb : ndarray (H, W, 3) uint8
     layout : PreviewLayout
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+
+    def colour_bar(fig, cax) -> None:
+        fig.colorbar(ScalarMappable(Normalize(0.0, vmax), CMAP), cax=cax).set_label("nuclei / mm²")
+
+    rgb, origin = render_framed(composite, title, extent_mm, colour_bar)
+    return rgb, PreviewLayout(origin, vmax)
+
+
+def render_framed(composite: np.ndarray, title: str, extent_mm: tuple[float, float],
+                  side) -> tuple[np.ndarray, tuple[int, int]]:
+    """``composite`` at 1:1 pixels framed by axes in mm and a title, with ``side(fig, cax)`` drawn beside it.
+
+    matplotlib draws the frame (axes, ticks, title, and whatever ``side`` puts in the axes ``cax`` right of
+    the image: a colour bar, a legend) around an empty image area and the composite is pasted into it
+    unresampled, which is what ``figimage`` would do at a fraction of its cost.
+
+    Returns
+    -------
+    rgb : ndarray (H, W, 3) uint8
+    image_origin : tuple of int
+        (x, y) of composite pixel (0, 0) in ``rgb``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     h, w = composite.shape[:2]
@@ -141,15 +159,14 @@ def render_preview(composite: np.ndarray, title: str, extent_mm: tuple[float, fl
     ax.set_xlabel("x (mm)")
     ax.set_ylabel("y (mm)")
     ax.set_title(title, fontsize=9)
-    cax = fig.add_axes(((m["left"] + w + 12) / fw, m["bottom"] / fh, 14 / fw, h / fh))
-    fig.colorbar(ScalarMappable(Normalize(0.0, vmax), CMAP), cax=cax).set_label("nuclei / mm²")
+    side(fig, fig.add_axes(((m["left"] + w + 12) / fw, m["bottom"] / fh, 14 / fw, h / fh)))
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     rgb = np.array(np.asarray(canvas.buffer_rgba())[..., :3])
     if rgb.shape[:2] != (fh, fw):
         raise RuntimeError(f"preview canvas is {rgb.shape[1]}x{rgb.shape[0]}, expected {fw}x{fh}")
     rgb[m["top"]:m["top"] + h, m["left"]:m["left"] + w] = composite
-    return rgb, PreviewLayout((m["left"], m["top"]), vmax)
+    return rgb, (m["left"], m["top"])
 
 
 def choose_overlay_cells(grid: DensityGrid, n: int) -> list[tuple[int, int]]:
