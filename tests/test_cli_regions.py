@@ -75,4 +75,4 @@ def test_regions_flag_with_a_regions_model_exits_2(capsys, slide, tmp_path):
     assert code == 2 and "nucleus model" in err and not out.exists()
     code, err = run(capsys, "segment", slide, "-o", out, "--model", model, "--tissue", "all", "--no-progress")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["good.geojson", "good.ome.zarr", "good.run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["good.geojson", "good.ome.zarr", "good.preview.png", "good.run.json"]

@@ -50,9 +50,11 @@ def _add_run_flags(p: argparse.ArgumentParser, roi: bool = True) -> None:
                         "the pixel edges' midpoints, simplified within 0.5 px: ~1/3 of the vertices, ~1.5x smaller files)")
     p.add_argument("--compress", action="store_true", help="write .geojson.gz")
     p.add_argument("--no-preview", action="store_true",
-                   help="skip <stem>.preview.png (thumbnail, tissue outline, nuclei/mm² heat map)")
+                   help="skip <stem>.preview.png (thumbnail, tissue outline, and the nuclei/mm² heat map or, for "
+                        "a regions model, the region outlines)")
     p.add_argument("--overlays", type=int, default=0, metavar="N",
-                   help="also write N full-resolution crops with nucleus outlines (dense, median, sparse areas)")
+                   help="also write N full-resolution crops with nucleus outlines (dense, median, sparse areas); "
+                        "for a regions model, crops at its resolution around the region outlines")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -36,6 +36,7 @@ from .provenance import (
     versions,
     working_record,
 )
+from .region_pictures import write_region_pictures
 from .region_polygons import (
     check_mask_size,
     label_counts,
@@ -79,8 +80,6 @@ def segment_regions(slide, slide_path: Path, output_dir: Path, model, opts, tile
     if not plan.tiles:
         raise NoTissueError(_no_tissue_message(slide_path, tissue.rule, roi is not None))
     clock.lap("open_and_tissue")
-    if opts.preview or opts.overlays:
-        log.info("%s: a regions model writes no preview or overlays yet (open the GeoJSON in QuPath)", slide_path.name)
     H, W = view.shape
     log.info("%s: regions model %r, %d x %d working px at %.4f µm/px, %d tiles of %d", slide_path.name, card.name,
              W, H, view.mpp, len(plan.tiles), tile)
@@ -94,21 +93,29 @@ def segment_regions(slide, slide_path: Path, output_dir: Path, model, opts, tile
         device = infer_maps(model, view, plan, store.image, opts, partial, lambda origins: counter.add(len(origins)))
         clock.lap("inference")
         params = region_params(card, view.mpp)
-        regions, _labels = stitched_regions(store, params, frame, roi)
+        regions, labels = stitched_regions(store, params, frame, roi)
         clock.lap("regions")
-        written = write_region_geojson(tmp / names.geojson, regions, params.simplify_px, card.classes[0],
+        cls = card.classes[0]
+        written = write_region_geojson(tmp / names.geojson, regions, params.simplify_px, cls,
                                        (fingerprint, model.sha256), view.mpp, opts.compress)
         clock.lap("geojson")
+        summary = regions.record(cls["name"], view.mpp, tissue.area_mm2)
+        pictures = write_region_pictures(tmp, names.stem, slide, view, tissue, labels, cls, summary, opts.overlays,
+                                         opts.preview)
+        del labels
+        clock.lap("pictures")
         store.finalize()
         clock.lap("pyramid")
         run = _run_record(slide, slide_path, fingerprint, model, view, opts, plan, params, device, tissue,
-                          clock) | {"regions": regions.record(card.classes[0]["name"], view.mpp, tissue.area_mm2)
-                                    | {"features": written}, "resumed": {"tiles_reused": len(partial.reused_tiles)}}
+                          clock) | {"regions": summary | {"features": written}, "pictures": pictures,
+                                    "resumed": {"tiles_reused": len(partial.reused_tiles)}}
         (tmp / names.run_json).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
-        final = _publish(tmp, output_dir, names, [], stale_outputs(previous, names, output_dir, []))
+        files = pictures.get("files", [])
+        final = _publish(tmp, output_dir, names, files, stale_outputs(previous, names, output_dir, files))
         counter.finish()
     return SegmentResult(geojson=final[names.geojson], zarr=final[names.zarr], run_json=final[names.run_json],
-                         n_nuclei=0, n_oversized=0, timings=clock.wall(), n_regions=regions.count)
+                         n_nuclei=0, n_oversized=0, timings=clock.wall(), n_regions=regions.count,
+                         pictures=[final[f] for f in files])
 
 
 def stitched_regions(store, params, frame: Frame, roi=None) -> tuple[RegionSet, np.ndarray]:
@@ -133,7 +140,7 @@ def _run_record(slide, slide_path: Path, fingerprint: str, model, view, opts, pl
                    "region_params": asdict(params)},
         "device": device, "versions": versions(),
         "tiles": {"total": plan.total, "processed": len(plan.tiles), "selection_margin_px": plan.margin},
-        "tissue": tissue.record(), "timings_s": clock.wall(), "cpu_s": clock.cpu(), "pictures": {"files": []},
+        "tissue": tissue.record(), "timings_s": clock.wall(), "cpu_s": clock.cpu(),
     }
 
 
