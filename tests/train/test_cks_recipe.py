@@ -190,6 +190,11 @@ def test_share_loss_penalises_overlap_and_the_collapse_term_grows_as_masks_vanis
     follow = (1 - 0.5) + (1 - 0.8) + (1 - 0.6) + 0.1  # (1 - M_c) m + M_c (1 - m) on the four pixels
     overlap = 2 * 0.8 * 0.6  # pixel (0, 1): m_0 m_1 + m_1 m_0
     assert share_loss(m, mc, index, inside, (1, 1, 3)).item() == pytest.approx((follow + overlap) / 4)
+    assert share_loss(m, mc, index, inside, (1, 1, 3), overlap_weight=0.25).item() == pytest.approx(
+        (follow + 0.25 * overlap) / 4)
+    from wsi_weakseg.train.cks_recipe import overlap_weight
+
+    assert [overlap_weight(e, 4) for e in (0, 1, 4, 7)] == [0.0, 0.25, 1.0, 1.0] and overlap_weight(0, 0) == 1.0
     small, large = torch.full((1, 4, 4), 0.01), torch.full((1, 4, 4), 0.5)
     ones = torch.ones(1, 4, 4, dtype=torch.bool)
     assert collapse_loss(small, ones, 1e-3).item() == pytest.approx(0.1)
@@ -248,6 +253,7 @@ def test_resume_continues_bit_exactly(tmp_path, one_thread):
     ({"cks": {"window_um": 200.0}}, "window_um"),
     ({"model": {"architecture": "resnet34-unet"}}, "lacss"),
     ({"cks": {"collaborator_norm": "batch"}}, "collaborator_norm"),
+    ({"cks": {"overlap_ramp_epochs": -1}}, "overlap_ramp_epochs"),
     ({"cks": {"collaborator_channels": [16, 30, 64]}}, "multiples of 4"),
 ])
 def test_bad_cks_configs_are_refused(override, match):

@@ -209,7 +209,7 @@ def ce_consistency(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
 
 
 def share_loss(masks: torch.Tensor, collaborator: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
-               shape: tuple[int, int, int], consistency: str = "linear") -> torch.Tensor:
+               shape: tuple[int, int, int], consistency: str = "linear", overlap_weight: float = 1.0) -> torch.Tensor:
     """Eq. 8: each instance towards the collaborator's foreground, plus the overlap penalty, over ``K`` pixels.
 
     ``(1 / K) {sum_i [(1 - M_c) m_i + M_c (1 - m_i)] + sum_i m_i sum_{j != i} m_j}`` on the valid window pixels,
@@ -224,6 +224,8 @@ def share_loss(masks: torch.Tensor, collaborator: torch.Tensor, index: torch.Ten
         ``M_c`` (detached by the caller).
     index, valid : Tensor (n, w, w)
         :func:`window_pixels` and the pixels that count.
+    overlap_weight : float
+        Weight of the overlap penalty (1 in the paper; ours ramps it in, ``cks.overlap_ramp_epochs``).
     """
     if masks.shape[0] == 0:
         return masks.sum() * 0.0
@@ -234,7 +236,7 @@ def share_loss(masks: torch.Tensor, collaborator: torch.Tensor, index: torch.Ten
         follow = ce_consistency(masks, mc, valid) * valid.sum()
     else:
         follow = (((1 - mc) * masks + mc * (1 - masks)) * valid).sum()
-    return (follow + (others * valid).sum()) / valid.sum().clamp(min=1)
+    return (follow + overlap_weight * (others * valid).sum()) / valid.sum().clamp(min=1)
 
 
 _SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])

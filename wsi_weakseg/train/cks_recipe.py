@@ -94,6 +94,20 @@ class Instances:
         return cls(t(batch), t(pts, torch.float32), t(origins), t(cells))
 
 
+def overlap_weight(epoch: int, ramp_epochs: int) -> float:
+    """Weight of Eq. 8's overlap penalty in 0-based ``epoch``: ``min(1, epoch / ramp_epochs)`` (1 without a ramp).
+
+    Ours: fresh masks cover their whole window, and at full weight the penalty pushes every mask to zero before
+    any has learnt its nucleus (issue 17); ramped in, masks first follow ``M_c`` (over-segmenting), then separate.
+
+    Examples
+    --------
+    >>> [overlap_weight(e, 4) for e in (0, 2, 4, 9)], overlap_weight(0, 0)
+    ([0.0, 0.5, 1.0, 1.0], 1.0)
+    """
+    return 1.0 if ramp_epochs <= 0 else min(1.0, epoch / ramp_epochs)
+
+
 class CksRecipe(RecipeState):
     """Losses and optimiser of collaborative knowledge sharing (one group of items, three nets).
 
@@ -139,7 +153,7 @@ class CksRecipe(RecipeState):
 
     def step(self, batches: Mapping[str, Mapping[str, np.ndarray]], epoch: int) -> dict[str, float]:
         """One optimiser step of both models; returns the loss terms (floats)."""
-        terms = self.losses(batches[PRINCIPAL])
+        terms = self.losses(batches[PRINCIPAL], epoch)
         total = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -148,8 +162,8 @@ class CksRecipe(RecipeState):
         logs["loss"] = float(total.detach())
         return logs
 
-    def losses(self, b: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Every loss term of one batch (``image``, ``centre`` heatmaps, ``annotated``)."""
+    def losses(self, b: Mapping[str, np.ndarray], epoch: int = 0) -> dict[str, torch.Tensor]:
+        """Every loss term of one batch (``image``, ``centre`` heatmaps, ``annotated``) in 0-based ``epoch``."""
         c = self.cfg["cks"]
         x = to_tensor(b["image"], self.normalization, self.device)
         B, H, W = x.shape[0], x.shape[2], x.shape[3]
@@ -172,7 +186,8 @@ class CksRecipe(RecipeState):
         follow = (ce_consistency if c["consistency_collaborator"] == "ce"
                   else balanced_linear_consistency if c["collaborator_balance"] else linear_consistency)
         terms["foreground"] = follow(m_c, m_p, consist)
-        terms["share"] = share_loss(masks, m_c.detach(), index, valid, shape, c["consistency_principal"])
+        terms["share"] = share_loss(masks, m_c.detach(), index, valid, shape, c["consistency_principal"],
+                                    overlap_weight(epoch, int(c["overlap_ramp_epochs"])))
         terms["border"] = border_loss(b_c, instance_borders(masks, index, inside, shape), consist)
         terms["collapse"] = collapse_loss(masks, inside, float(c["collapse_delta"]))
         return terms
