@@ -71,10 +71,12 @@ def test_tiled_map_equals_the_whole_image_map_within_the_measured_tolerance(imag
     tiled = zarr.open_array(tiled_run[0].zarr / "0")[0]
     measured = compare_context(predictor, [image], 64, model.card.context_px).max_abs
     diff = np.abs(tiled.astype(np.int16) - whole[0].astype(np.int16)) / 255.0
-    assert diff.max() <= measured <= TOLERANCE
+    # maps are uint8: a float difference of ~1e-7 (thread count changes float sums) can flip one rounding level
+    # beyond what the measurement saw, so the bound is the measured difference plus one level (seen in CI: 2/255)
+    assert measured <= TOLERANCE and diff.max() <= measured + 1 / 255 + 1e-9
     assert whole.min() < 110 and whole.max() > 200  # a varying map: the seams could show
     # the thresholded masks agree exactly wherever the whole-image probability is not within tolerance of 0.5
-    far = np.abs(whole[0] / 255.0 - 0.5) > measured
+    far = np.abs(whole[0] / 255.0 - 0.5) > measured + 1 / 255
     level = region_params(model.card, MPP).level
     assert far.mean() > 0.9 and ((whole[0] >= level) == (tiled >= level))[far].all()
 
