@@ -28,7 +28,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
 from .contrast import (
     FeatureBanks,
     consistency_loss,
@@ -45,7 +44,7 @@ from .contrast import (
 from .losses import masked_bce, masked_mean
 from .mask_items import MaskItem
 from .points_recipe import make_scheduler
-from .recipe_state import RecipeState
+from .recipe_state import RecipeState, build_unet
 from .scribbles_recipe import make_optimizer
 
 STUDENT, TEACHER, PROJECTOR, PROJECTOR_TEACHER = "student", "teacher", "projector", "projector_teacher"
@@ -94,9 +93,7 @@ class FewMasksRecipe(RecipeState):
         self.normalization = normalization
         self.device = device
         f = cfg["few_masks"]
-        student = ResNet34UNet(out_channels=2, width=int(cfg["model"]["width"]))
-        if cfg["model"]["imagenet_weights"]:
-            load_torchvision_encoder(student, cfg["model"]["imagenet_weights"])
+        student = build_unet(cfg, 2)
         channels = student.decoder[FEATURE_STAGE].conv[-1][0].out_channels
         proj = projector(channels, int(f["projector_dim"]))
         self.nets = {STUDENT: student, PROJECTOR: proj, TEACHER: copy.deepcopy(student),

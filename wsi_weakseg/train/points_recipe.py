@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
 from .dataset import TrainItem
 from .losses import (
     binary_kl,
@@ -34,7 +33,7 @@ from .losses import (
     pseudo_target,
     ramp_weights,
 )
-from .recipe_state import RecipeState
+from .recipe_state import RecipeState, build_unet
 
 #: Power of the poly lr schedule (``optim.lr_schedule: poly``).
 POLY_POWER = 0.9
@@ -74,12 +73,9 @@ class Colorizer(nn.Module):
 
 def build_nets(cfg: Mapping) -> dict[str, nn.Module]:
     """Segmentation nets ``a``/``b`` (2 heads: foreground, centre) and colorizers ``ca``/``cb``."""
-    width = int(cfg["model"]["width"])
     nets: dict[str, nn.Module] = {}
     for k in ("a", "b"):
-        nets[k] = ResNet34UNet(out_channels=2, width=width)
-        if cfg["model"]["imagenet_weights"]:
-            load_torchvision_encoder(nets[k], cfg["model"]["imagenet_weights"])
+        nets[k] = build_unet(cfg, 2)
         if cfg["points"]["colorization"]:
             nets["c" + k] = Colorizer(pool=int(cfg["points"]["colorizer_pool"]))
     return nets

@@ -6,6 +6,16 @@ from collections.abc import Mapping
 
 import torch
 
+from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
+
+
+def build_unet(cfg: Mapping, out_channels: int) -> ResNet34UNet:
+    """The recipes' ResNet34-UNet: ``model.width``, ``out_channels`` heads, ImageNet encoder if the config names one."""
+    net = ResNet34UNet(out_channels=out_channels, width=int(cfg["model"]["width"]))
+    if cfg["model"]["imagenet_weights"]:
+        load_torchvision_encoder(net, cfg["model"]["imagenet_weights"])
+    return net
+
 
 class RecipeState:
     """Mixin of the recipes: ``state_dict`` / ``load_state_dict`` for exact resume, ``train`` and ``end_epoch``.

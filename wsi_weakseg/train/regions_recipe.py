@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
 from .cvm import ChanVeseParams, cvm_segmentation
 from .losses import partial_ce
 from .points_recipe import make_scheduler, to_tensor
-from .recipe_state import RecipeState
+from .recipe_state import RecipeState, build_unet
 from .region_items import RegionItem
 from .region_validate import padded_input
 from .scribbles_recipe import make_optimizer
@@ -54,9 +53,7 @@ class RegionsRecipe(RecipeState):
             raise ValueError("the regions recipe needs at least one training item")
         self.cfg, self.items, self.normalization, self.device = cfg, list(items), normalization, device
         self.halves = {NET: list(range(len(items)))}
-        net = ResNet34UNet(out_channels=1, width=int(cfg["model"]["width"]))
-        if cfg["model"]["imagenet_weights"]:
-            load_torchvision_encoder(net, cfg["model"]["imagenet_weights"])
+        net = build_unet(cfg, 1)
         self.nets = {NET: net.to(device)}
         self.optimizer = make_optimizer(net.parameters(), cfg["optim"])
         self.scheduler = make_scheduler(self.optimizer, cfg["optim"])

@@ -22,12 +22,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..model.resnet_unet import ResNet34UNet, load_torchvision_encoder
 from ..weak.centres import distance_centres
 from ..weak.voronoi import IGNORE
 from .losses import ema_update, masked_mean, partial_ce, pseudo_labels, unlabelled_ce
 from .points_recipe import make_scheduler, to_tensor
-from .recipe_state import RecipeState
+from .recipe_state import RecipeState, build_unet
 from .scribble_items import ScribbleItem
 
 NET = "net"
@@ -55,9 +54,7 @@ class ScribblesRecipe(RecipeState):
         self.halves = {NET: list(range(len(items)))}
         self.normalization = normalization
         self.device = device
-        net = ResNet34UNet(out_channels=2, width=int(cfg["model"]["width"]))
-        if cfg["model"]["imagenet_weights"]:
-            load_torchvision_encoder(net, cfg["model"]["imagenet_weights"])
+        net = build_unet(cfg, 2)
         self.nets = {NET: net.to(device)}
         self.optimizer = make_optimizer(net.parameters(), cfg["optim"])
         self.scheduler = make_scheduler(self.optimizer, cfg["optim"])
