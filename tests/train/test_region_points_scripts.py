@@ -3,12 +3,10 @@ seeded script writes, and the simulated points are seeded, nested, and never rea
 
 from __future__ import annotations
 
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
+from _scripts import run_script
 
 from wsi_weakseg.weak.region_points import load_item_region_points
 from wsi_weakseg.weak.spec import load_spec
@@ -16,20 +14,9 @@ from wsi_weakseg.weak.spec import load_spec
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(script: str, *argv: str) -> None:
-    path = REPO / "scripts" / script
-    old, sys.argv = sys.argv, [str(path), *argv]
-    try:
-        with pytest.raises(SystemExit) as done:
-            runpy.run_path(str(path), run_name="__main__")
-    finally:
-        sys.argv = old
-    assert done.value.code == 0
-
-
 def test_the_committed_glas_split_is_the_seeded_scripts_output(shared_data, tmp_path):
     out = tmp_path / "split.yaml"
-    _run("make_glas_split.py", "--data", str(shared_data / "glas-train"), "--out", str(out))
+    run_script("make_glas_split.py", "--data", str(shared_data / "glas-train"), "--out", str(out))
     committed = REPO / "configs" / "data" / "glas-split.yaml"
     # the same items (paths resolved: the two files sit in different folders) and the same header
     assert load_spec(out).items == load_spec(committed).items
@@ -45,7 +32,7 @@ def test_simulated_points_are_seeded_nested_and_skip_test_items(shared_data, tmp
                    for n, s in (("train_1", "train"), ("train_2", "validation"), ("train_3", "test")))
     (tmp_path / "spec.yaml").write_text(f"defaults:\n  mpp: 0.62\nitems:\n{rows}")
     for out in ("a", "b"):
-        _run("simulate_region_points.py", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / out), "--pairs", "3", "5")
+        run_script("simulate_region_points.py", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / out), "--pairs", "3", "5")
     for n in (3, 5):
         a, b = tmp_path / "a" / f"{n}pairs", tmp_path / "b" / f"{n}pairs"
         assert sorted(p.name for p in (a / "points").iterdir()) == ["train_1.geojson", "train_2.geojson"]

@@ -6,12 +6,17 @@ import json
 
 import numpy as np
 import pytest
+from _scripts import run_script
 from skimage.draw import disk, ellipse
 
 from wsi_weakseg.errors import ConfigError
 from wsi_weakseg.weak.scribbles import read_scribbles, scribble_label
+from wsi_weakseg.weak.simulate_scribbles import (
+    FRACTIONS,
+    simulate_scribbles,
+    skeleton_chains,
+)
 from wsi_weakseg.weak.spec import load_spec
-from wsi_weakseg.weak.simulate_scribbles import FRACTIONS, simulate_scribbles, skeleton_chains
 from wsi_weakseg.weak.voronoi import BACKGROUND, NUCLEUS
 
 
@@ -78,9 +83,6 @@ def test_bad_fraction():
 
 def test_script_writes_scribbles_for_training_items_from_a_masks_folder(shared_data, tmp_path):
     """The script on a real point spec (masks named only for validation): training masks come from --masks."""
-    import runpy
-    import sys
-    from pathlib import Path
 
     mon = shared_data / "monuseg-train"
     stems = sorted(p.stem for p in (mon / "images").glob("*.png"))[:4]
@@ -90,15 +92,8 @@ def test_script_writes_scribbles_for_training_items_from_a_masks_folder(shared_d
         f"- image: {mon / 'images' / s}.png\n  points: {mon / 'points' / s}.geojson\n  mpp: 0.25\n  split: {split}\n"
         + (f"  labels: {mon / 'labels' / s}.png\n" if split != "train" else "")
         for s, split in zip(stems, splits)))
-    script = Path(__file__).resolve().parents[2] / "scripts" / "simulate_scribbles.py"
-    argv = [str(script), str(spec), "--out", str(tmp_path / "out"), "--masks", str(mon / "labels"), "--fractions", "0.3", "--specs"]
-    old, sys.argv = sys.argv, argv
-    try:
-        with pytest.raises(SystemExit) as done:
-            runpy.run_path(str(script), run_name="__main__")
-    finally:
-        sys.argv = old
-    assert done.value.code == 0
+    run_script("simulate_scribbles.py", str(spec), "--out", str(tmp_path / "out"), "--masks", str(mon / "labels"),
+               "--fractions", "0.3", "--specs")
     written = sorted(p.stem for p in (tmp_path / "out" / "30").glob("*.geojson"))
     assert written == stems[:2]  # training items only: validation and test masks never feed the simulator
     scrib, points = load_spec(tmp_path / "out" / "30" / "spec.yaml"), load_spec(tmp_path / "out" / "points" / "spec.yaml")
