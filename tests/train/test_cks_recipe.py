@@ -195,6 +195,7 @@ def test_share_loss_penalises_overlap_and_the_collapse_term_grows_as_masks_vanis
     from wsi_weakseg.train.cks_recipe import overlap_weight
 
     assert [overlap_weight(e, 4) for e in (0, 1, 4, 7)] == [0.0, 0.25, 1.0, 1.0] and overlap_weight(0, 0) == 1.0
+    assert [overlap_weight(e, 4, 0.2) for e in (0, 2, 9)] == [0.0, 0.1, 0.2] and overlap_weight(3, 0, 0.2) == 0.2
     small, large = torch.full((1, 4, 4), 0.01), torch.full((1, 4, 4), 0.5)
     ones = torch.ones(1, 4, 4, dtype=torch.bool)
     assert collapse_loss(small, ones, 1e-3).item() == pytest.approx(0.1)
@@ -254,6 +255,7 @@ def test_resume_continues_bit_exactly(tmp_path, one_thread):
     ({"model": {"architecture": "resnet34-unet"}}, "lacss"),
     ({"cks": {"collaborator_norm": "batch"}}, "collaborator_norm"),
     ({"cks": {"overlap_ramp_epochs": -1}}, "overlap_ramp_epochs"),
+    ({"cks": {"overlap_weight": -0.5}}, "overlap_weight"),
     ({"cks": {"collaborator_channels": [16, 30, 64]}}, "multiples of 4"),
 ])
 def test_bad_cks_configs_are_refused(override, match):

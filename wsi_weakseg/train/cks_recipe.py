@@ -94,18 +94,20 @@ class Instances:
         return cls(t(batch), t(pts, torch.float32), t(origins), t(cells))
 
 
-def overlap_weight(epoch: int, ramp_epochs: int) -> float:
-    """Weight of Eq. 8's overlap penalty in 0-based ``epoch``: ``min(1, epoch / ramp_epochs)`` (1 without a ramp).
+def overlap_weight(epoch: int, ramp_epochs: int, final: float = 1.0) -> float:
+    """Weight of Eq. 8's overlap penalty in 0-based ``epoch``: ``final * min(1, epoch / ramp_epochs)``.
+
+    ``final`` is ``cks.overlap_weight`` (1 in the paper); without a ramp the weight is ``final`` from the start.
 
     Ours: fresh masks cover their whole window, and at full weight the penalty pushes every mask to zero before
     any has learnt its nucleus (issue 17); ramped in, masks first follow ``M_c`` (over-segmenting), then separate.
 
     Examples
     --------
-    >>> [overlap_weight(e, 4) for e in (0, 2, 4, 9)], overlap_weight(0, 0)
-    ([0.0, 0.5, 1.0, 1.0], 1.0)
+    >>> [overlap_weight(e, 4) for e in (0, 2, 4, 9)], overlap_weight(0, 0), overlap_weight(2, 4, 0.1)
+    ([0.0, 0.5, 1.0, 1.0], 1.0, 0.05)
     """
-    return 1.0 if ramp_epochs <= 0 else min(1.0, epoch / ramp_epochs)
+    return final if ramp_epochs <= 0 else final * min(1.0, epoch / ramp_epochs)
 
 
 class CksRecipe(RecipeState):
@@ -187,7 +189,7 @@ class CksRecipe(RecipeState):
                   else balanced_linear_consistency if c["collaborator_balance"] else linear_consistency)
         terms["foreground"] = follow(m_c, m_p, consist)
         terms["share"] = share_loss(masks, m_c.detach(), index, valid, shape, c["consistency_principal"],
-                                    overlap_weight(epoch, int(c["overlap_ramp_epochs"])))
+                                    overlap_weight(epoch, int(c["overlap_ramp_epochs"]), float(c["overlap_weight"])))
         terms["border"] = border_loss(b_c, instance_borders(masks, index, inside, shape), consist)
         terms["collapse"] = collapse_loss(masks, inside, float(c["collapse_delta"]))
         return terms

@@ -140,7 +140,7 @@ def _check_cks(cfg: dict[str, Any], positive) -> None:
     if not (isinstance(c["overlap_ramp_epochs"], int) and not isinstance(c["overlap_ramp_epochs"], bool)
             and c["overlap_ramp_epochs"] >= 0):
         raise ConfigError(f"cks.overlap_ramp_epochs must be an integer >= 0, got {c['overlap_ramp_epochs']!r}")
-    for p in ("prior_weight", "edge_um", "mask_prior_weight"):
+    for p in ("prior_weight", "edge_um", "mask_prior_weight", "overlap_weight"):
         if not (isinstance(c[p], (int, float)) and not isinstance(c[p], bool) and 0 <= c[p] < 1e6):
             raise ConfigError(f"config key 'cks.{p}' must be a number >= 0, got {c[p]!r}")
     for p in ("focal_alpha", "detection_threshold"):

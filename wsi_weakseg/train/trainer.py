@@ -224,30 +224,8 @@ def train(
     torch.manual_seed(int(cfg["seed"]))  # network initialisation (the loop seeds sampling and dropout-free training)
     recipe = RECIPES[cfg["recipe"]](cfg, train_items, card.normalization, dev)
     metric = _selection_metric(cfg, val_items)
-    lower = metric in LOWER_IS_BETTER
     nets = recipe.candidates()
-    score = _scorer(cfg, card, val_items, str(dev))
-
-    best: dict | None = None
-    if resume and (work / BEST).is_file():
-        saved = load_checkpoint(work / BEST)
-        best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
-
-    def validate_epoch(rec, epoch: int) -> dict:
-        nonlocal best
-        if not val_items:
-            return {}
-        scores = {k: score(rec.nets[k]) for k in nets}
-        if hasattr(rec, "note_validation"):  # the regions recipe recomputes u when the validation pCE improves
-            rec.note_validation(scores[nets[0]]["mean"])
-        for k, s in scores.items():
-            log.info("epoch %d net %s: %s", epoch + 1, k, json.dumps({m: round(v, 4) for m, v in s["mean"].items()}))
-            value = float(s["mean"].get(metric, math.inf if lower else -1.0))
-            if best is None or (value < best["value"] if lower else value > best["value"]):
-                best = {"epoch": epoch, "net": k, "value": value, "metric": metric}
-                save_checkpoint(work / BEST, {**best, "state": rec.nets[k].state_dict(), "validation": s})
-        return {k: s["mean"] for k, s in scores.items()}
-
+    selection = _Selection(work, nets, _scorer(cfg, card, val_items, str(dev)), metric, bool(val_items), resume)
     total_steps = steps_per_epoch(cfg, recipe, max_steps) * int(cfg["optim"]["epochs"])
     bar = _progress(total_steps, True) if progress else None
 
@@ -258,22 +236,15 @@ def train(
             on_step(step, total_steps)
 
     def epoch_hook(history: list[dict]) -> None:
-        write_curves(history, work / CURVES, best)
+        write_curves(history, work / CURVES, selection.best)
         if on_epoch is not None:
             on_epoch(history)
 
-    history = run(cfg, recipe, work, resume=resume, validate=validate_epoch, on_step=step_hook, max_steps=max_steps,
+    history = run(cfg, recipe, work, resume=resume, validate=selection, on_step=step_hook, max_steps=max_steps,
                   after_epoch=epoch_hook)
     net, best, metrics = _shipped_net(card, work, recipe, nets[0], history)
     card.context_px = _measure_context(net, card, [v.image for v in val_items] or [t.image for t in train_items])
-    tuning = None
-    if val_items and card.model_type == REGIONS:
-        metrics = _scorer(cfg, card, val_items, "cpu")(net)  # the shipped net is built on the CPU
-    elif val_items:
-        card.thresholds, table = tune_thresholds(net, card, val_items, metric, cfg["data"]["radius_um"])
-        tuning = {"metric": metric, "chosen": {k: card.thresholds[k] for k in ("foreground", "centre")}, "grid": table}
-        metrics = validate(net, card, val_items, cfg["data"]["radius_um"], "cpu")
-    card.metrics = metrics
+    card.metrics, tuning = _final_metrics(cfg, card, net, val_items, metric, metrics)
     card.training = {
         "recipe": cfg["recipe"], "instances": INSTANCES[cfg["recipe"]], "config": json.loads(json.dumps(cfg, default=str)),
         "data": summary, "n_train": len(train_items), "n_validation": len(val_items),
@@ -282,7 +253,53 @@ def train(
     }
     _publish(out_dir, card, net)
     log.info("model written to %s (net %s, epoch %s)", out_dir, best["net"], best["epoch"])
-    return TrainResult(out_dir, history, metrics, best)
+    return TrainResult(out_dir, history, card.metrics, best)
+
+
+class _Selection:
+    """Validation after each epoch and the running best (net, epoch), saved to ``work/best.pt`` when it improves.
+
+    Called by the loop as ``validate(recipe, epoch)``; returns each net's validation means (``{}`` without
+    validation items). On resume the best so far is read back from ``best.pt``.
+    """
+
+    def __init__(self, work: Path, nets: Sequence[str], score: Callable, metric: str, has_items: bool,
+                 resume: bool) -> None:
+        self.work, self.nets, self.score, self.metric, self.has_items = work, tuple(nets), score, metric, has_items
+        self.lower = metric in LOWER_IS_BETTER
+        self.best: dict | None = None
+        if resume and (work / BEST).is_file():
+            saved = load_checkpoint(work / BEST)
+            self.best = {k: saved[k] for k in ("epoch", "net", "value", "metric")}
+
+    def __call__(self, rec, epoch: int) -> dict:
+        if not self.has_items:
+            return {}
+        scores = {k: self.score(rec.nets[k]) for k in self.nets}
+        if hasattr(rec, "note_validation"):  # the regions recipe recomputes u when the validation pCE improves
+            rec.note_validation(scores[self.nets[0]]["mean"])
+        for k, s in scores.items():
+            log.info("epoch %d net %s: %s", epoch + 1, k, json.dumps({m: round(v, 4) for m, v in s["mean"].items()}))
+            self._offer(rec, epoch, k, s)
+        return {k: s["mean"] for k, s in scores.items()}
+
+    def _offer(self, rec, epoch: int, net: str, s: dict) -> None:
+        value = float(s["mean"].get(self.metric, math.inf if self.lower else -1.0))
+        if self.best is None or (value < self.best["value"] if self.lower else value > self.best["value"]):
+            self.best = {"epoch": epoch, "net": net, "value": value, "metric": self.metric}
+            save_checkpoint(self.work / BEST, {**self.best, "state": rec.nets[net].state_dict(), "validation": s})
+
+
+def _final_metrics(cfg: Mapping, card: ModelCard, net, val_items: Sequence, metric: str,
+                   metrics: dict) -> tuple[dict, dict | None]:
+    """The shipped net's validation metrics, after tuning the card's instance thresholds (instance models)."""
+    if val_items and card.model_type == REGIONS:
+        return _scorer(cfg, card, val_items, "cpu")(net), None  # the shipped net is built on the CPU
+    if not val_items:
+        return metrics, None
+    card.thresholds, table = tune_thresholds(net, card, val_items, metric, cfg["data"]["radius_um"])
+    tuning = {"metric": metric, "chosen": {k: card.thresholds[k] for k in ("foreground", "centre")}, "grid": table}
+    return validate(net, card, val_items, cfg["data"]["radius_um"], "cpu"), tuning
 
 
 def _selection_metric(cfg: Mapping, val_items: Sequence) -> str:
