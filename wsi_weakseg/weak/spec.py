@@ -223,52 +223,44 @@ def load_spec(path: str | os.PathLike[str]) -> DataSpec:
     if not isinstance(defaults, dict):
         raise ConfigError(f"{path}: defaults must be a mapping, got {type(defaults).__name__}")
     _check_keys(defaults, _DEFAULT_KEYS, f"{path}: defaults")
-    d_mpp = _mpp(defaults.get("mpp"), f"{path}: defaults")
-    d_points = _classes(defaults.get("point_classes"), "point_classes", f"{path}: defaults")
-    d_regions = _classes(defaults.get("region_classes"), "region_classes", f"{path}: defaults")
-    d_classes = {k: _classes(defaults.get(k), k, f"{path}: defaults") for k in _CLASS_KEYS}
-
     raw_items = data.get("items")
     if not isinstance(raw_items, list) or not raw_items:
         raise ConfigError(f"{path}: 'items' must be a non-empty list of {{image or slide, points}} entries")
-    base = path.parent
-    items = []
-    for index, raw in enumerate(raw_items):
-        where = f"{path}: item {index}"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: must be a mapping with image (or slide) and points, got {raw!r}")
-        _check_keys(raw, _ITEM_KEYS, where)
-        if ("image" in raw) == ("slide" in raw):
-            raise ConfigError(f"{where}: give exactly one of 'image' (a plain image) or 'slide' (a whole slide)")
-        kind = "image" if "image" in raw else "slide"
-        if "region" in raw and "masks" in raw and _is_geojson(raw["masks"]):
-            raise ConfigError(f"{where}: a GeoJSON 'masks' file holds its own annotated region; 'region' is for "
-                              "label-image masks and unlabelled items")
-        split = raw.get("split", "train")
-        if split not in SPLITS:
-            raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
-        items.append(
-            SpecItem(
-                image=_path(raw[kind], kind, base, where),
-                points=_path(raw["points"], "points", base, where) if "points" in raw else None,
-                kind=kind,
-                mpp=_mpp(raw["mpp"], where) if "mpp" in raw else d_mpp,
-                point_classes=(
-                    _classes(raw["point_classes"], "point_classes", where) if "point_classes" in raw else d_points
-                ),
-                region_classes=(
-                    _classes(raw["region_classes"], "region_classes", where) if "region_classes" in raw else d_regions
-                ),
-                split=split,
-                labels=_path(raw["labels"], "labels", base, where) if "labels" in raw else None,
-                scribbles=_path(raw["scribbles"], "scribbles", base, where) if "scribbles" in raw else None,
-                **{k: _classes(raw[k], k, where) if k in raw else d_classes[k] for k in _CLASS_KEYS},
-                masks=_path(raw["masks"], "masks", base, where) if "masks" in raw else None,
-                region=_path(raw["region"], "region", base, where) if "region" in raw else None,
-                region_points=_path(raw["region_points"], "region_points", base, where) if "region_points" in raw else None,
-            )
-        )
+    resolved = _resolved_defaults(defaults, f"{path}: defaults")
+    items = [_item(raw, resolved, path.parent, f"{path}: item {i}") for i, raw in enumerate(raw_items)]
     return DataSpec(path=path, items=tuple(items))
+
+
+def _resolved_defaults(defaults: dict, where: str) -> dict:
+    """The spec's ``defaults`` as :class:`SpecItem` field values (validated once for every item)."""
+    out = {"mpp": _mpp(defaults.get("mpp"), where)}
+    for key in ("point_classes", "region_classes", *_CLASS_KEYS):
+        out[key] = _classes(defaults.get(key), key, where)
+    return out
+
+
+_FILE_KEYS = ("points", "labels", "scribbles", "masks", "region", "region_points")
+
+
+def _item(raw: object, defaults: dict, base: Path, where: str) -> SpecItem:
+    """One validated spec item, relative paths resolved against ``base``, ``defaults`` where it names nothing."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping with image (or slide) and points, got {raw!r}")
+    _check_keys(raw, _ITEM_KEYS, where)
+    if ("image" in raw) == ("slide" in raw):
+        raise ConfigError(f"{where}: give exactly one of 'image' (a plain image) or 'slide' (a whole slide)")
+    kind = "image" if "image" in raw else "slide"
+    if "region" in raw and "masks" in raw and _is_geojson(raw["masks"]):
+        raise ConfigError(f"{where}: a GeoJSON 'masks' file holds its own annotated region; 'region' is for "
+                          "label-image masks and unlabelled items")
+    split = raw.get("split", "train")
+    if split not in SPLITS:
+        raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+    files = {k: _path(raw[k], k, base, where) if k in raw else None for k in _FILE_KEYS}
+    classes = {k: _classes(raw[k], k, where) if k in raw else defaults[k]
+               for k in ("point_classes", "region_classes", *_CLASS_KEYS)}
+    mpp = _mpp(raw["mpp"], where) if "mpp" in raw else defaults["mpp"]
+    return SpecItem(image=_path(raw[kind], kind, base, where), kind=kind, mpp=mpp, split=split, **files, **classes)
 
 
 def load_item_points(item: SpecItem, *, merge_radius: float = 1.0) -> PointSet:
