@@ -172,8 +172,6 @@ def process_slide(
         A ledger row: status ``done``, ``skipped`` or ``failed``, error type and message, whether a retry may help
         (``transient``), duration, nucleus count, tissue area and nuclei per mm².
     """
-    from ..engine.segment import segment
-
     start = time.perf_counter()
     row: dict[str, Any] = {"slide_id": job.slide_id, "path": str(job.path), "host": socket.gethostname(), "pid": os.getpid()}
     held = ExitStack()
@@ -189,24 +187,7 @@ def process_slide(
             (out_dir / DONE_NAME).unlink()  # the outputs are about to change: uncommit first
         except FileNotFoundError:
             pass
-        opts = job_options(job, options)
-        if device:
-            opts = replace(opts, device=_worker_gpu() if device == "worker-gpu" else device)
-        res = segment(job.path, out_dir, _model(model_ref, model_sha256), opts)
-        run = json.loads(res.run_json.read_text())
-        area = float(run["tissue"]["area_mm2"])
-        result = {
-            "nuclei": res.n_nuclei,
-            "tissue_area_mm2": round(area, 6),
-            "nuclei_per_mm2": round(res.n_nuclei / area, 3) if area > 0 else None,
-            "device": run["device"],
-            **_region_results(run),
-        }
-        _write_done(out_dir, {
-            **identity, "slide_id": job.slide_id,
-            "outputs": [p.name for p in (res.geojson, res.zarr, *res.pictures, res.run_json)],
-            "result": result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
+        result = _segment_and_commit(job, out_dir, _model(model_ref, model_sha256), options, device, identity)
         row.update(status="done", **result)
     except Exception as exc:  # noqa: BLE001 - every failure becomes this slide's ledger row
         row.update(
@@ -219,6 +200,32 @@ def process_slide(
         held.close()  # after done.json is written: the lock covers the commit
     row["duration_s"] = round(time.perf_counter() - start, 3)
     return row
+
+
+def _segment_and_commit(job: SlideJob, out_dir: Path, model, options: SegmentOptions, device: str | None,
+                        identity: dict[str, Any]) -> dict[str, Any]:
+    """Segment the slide into ``out_dir``, write its done-manifest and return the ledger's result fields."""
+    from ..engine.segment import segment
+
+    opts = job_options(job, options)
+    if device:
+        opts = replace(opts, device=_worker_gpu() if device == "worker-gpu" else device)
+    res = segment(job.path, out_dir, model, opts)
+    run = json.loads(res.run_json.read_text())
+    area = float(run["tissue"]["area_mm2"])
+    result = {
+        "nuclei": res.n_nuclei,
+        "tissue_area_mm2": round(area, 6),
+        "nuclei_per_mm2": round(res.n_nuclei / area, 3) if area > 0 else None,
+        "device": run["device"],
+        **_region_results(run),
+    }
+    _write_done(out_dir, {
+        **identity, "slide_id": job.slide_id,
+        "outputs": [p.name for p in (res.geojson, res.zarr, *res.pictures, res.run_json)],
+        "result": result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return result
 
 
 #: Ledger fields of slides with regions: nuclei per mm² per region class (``--regions``, a manifest's
