@@ -213,7 +213,6 @@ def _segment_slide(slide, slide_path: Path, output_dir: Path, model: Model, opts
 def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opts: SegmentOptions, tile: int,
                     clock: StageClock, names: OutputNames) -> SegmentResult:
     """:func:`_segment_slide` holding the lock of the slide's outputs."""
-    from ..io.omezarr import OmeZarrWriter, grid_translation_um
     from ..slide import WorkingView
 
     card = model.card
@@ -236,15 +235,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
     key = _resume_key(fingerprint, model, opts, tile, view.mpp)
     with resumable(output_dir, names.stem, key) as partial:
         tmp = partial.folder
-        fx, fy = frame.offset
-        store = OmeZarrWriter(tmp / names.zarr, (H, W), view.mpp, card.heads, chunk=tile,
-                              label_chunk=opts.block_size, name=names.stem,
-                              translation_um=grid_translation_um((fy, fx), frame.scale, slide.mpp), resume=True)
-        maps = store.image
-        if card.model_type == DETECT_SEGMENT:  # the anchor offsets beside the probability maps (engine/anchored.py)
-            from .anchored import AnchoredMaps
-
-            maps = AnchoredMaps.create(store.image, tmp / "anchors.zarr", tile)
+        store, maps = _open_maps(tmp, names, card, opts, tile, frame, view, slide)
         cls = card.classes[0]
         formatter = DetectionFormat(
             fingerprint=fingerprint, model_sha=model.sha256, scale=frame.scale, offset=frame.offset, mpp=view.mpp,
@@ -273,11 +264,7 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         pictures = write_pictures(tmp, names.stem, slide, view, tissue, inst.sorted_keys, store.labels["nuclei"],
                                   opts.overlays, opts.preview)
         clock.lap("pictures")
-        _warn_oversized(slide_path, inst.n_oversized, card)
-        if inst.n_repaired:
-            log.warning("%s: %d nucleus outline(s) traced invalid were repaired before writing (run.json "
-                        "nuclei_repaired); please report the slide if this is frequent", slide_path.name,
-                        inst.n_repaired)
+        _warn_outlines(slide_path, inst, card)
         store.finalize()
         clock.lap("pyramid")
         run = _run_record(slide, slide_path, fingerprint, model, view, opts, plan, params, device, tissue,
@@ -292,6 +279,30 @@ def _segment_locked(slide, slide_path: Path, output_dir: Path, model: Model, opt
         geojson=final[names.geojson], zarr=final[names.zarr], run_json=final[names.run_json], n_nuclei=n,
         n_oversized=inst.n_oversized, timings=clock.wall(), pictures=[final[f] for f in files],
     )
+
+
+def _open_maps(tmp: Path, names: OutputNames, card, opts: SegmentOptions, tile: int, frame: Frame, view, slide):
+    """The run's OME-Zarr store (resumable) and the maps inference writes into: the store's image, or for a
+    detect-and-segment model the image with the anchor offsets beside it (:mod:`.anchored`)."""
+    from ..io.omezarr import OmeZarrWriter, grid_translation_um
+
+    fx, fy = frame.offset
+    store = OmeZarrWriter(tmp / names.zarr, tuple(view.shape), view.mpp, card.heads, chunk=tile,
+                          label_chunk=opts.block_size, name=names.stem,
+                          translation_um=grid_translation_um((fy, fx), frame.scale, slide.mpp), resume=True)
+    if card.model_type != DETECT_SEGMENT:
+        return store, store.image
+    from .anchored import AnchoredMaps
+
+    return store, AnchoredMaps.create(store.image, tmp / "anchors.zarr", tile)
+
+
+def _warn_outlines(slide_path: Path, inst, card) -> None:
+    """Warn about oversized nuclei and outlines repaired before writing (both counted in run.json)."""
+    _warn_oversized(slide_path, inst.n_oversized, card)
+    if inst.n_repaired:
+        log.warning("%s: %d nucleus outline(s) traced invalid were repaired before writing (run.json "
+                    "nuclei_repaired); please report the slide if this is frequent", slide_path.name, inst.n_repaired)
 
 
 def _resume_key(fingerprint: str, model: Model, opts: SegmentOptions, tile: int, mpp: float) -> str:
