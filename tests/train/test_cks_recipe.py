@@ -192,6 +192,8 @@ def test_share_loss_penalises_overlap_and_the_collapse_term_grows_as_masks_vanis
     assert share_loss(m, mc, index, inside, (1, 1, 3)).item() == pytest.approx((follow + overlap) / 4)
     assert share_loss(m, mc, index, inside, (1, 1, 3), overlap_weight=0.25).item() == pytest.approx(
         (follow + 0.25 * overlap) / 4)
+    # K = the image pixels that count (cks.share_norm: image) instead of the 4 window pixels
+    assert share_loss(m, mc, index, inside, (1, 1, 3), norm=3).item() == pytest.approx((follow + overlap) / 3)
     from wsi_weakseg.train.cks_recipe import overlap_weight
 
     assert [overlap_weight(e, 4) for e in (0, 1, 4, 7)] == [0.0, 0.25, 1.0, 1.0] and overlap_weight(0, 0) == 1.0
@@ -256,6 +258,7 @@ def test_resume_continues_bit_exactly(tmp_path, one_thread):
     ({"cks": {"collaborator_norm": "batch"}}, "collaborator_norm"),
     ({"cks": {"overlap_ramp_epochs": -1}}, "overlap_ramp_epochs"),
     ({"cks": {"overlap_weight": -0.5}}, "overlap_weight"),
+    ({"cks": {"share_norm": "pixels"}}, "share_norm"),
     ({"cks": {"collaborator_channels": [16, 30, 64]}}, "multiples of 4"),
 ])
 def test_bad_cks_configs_are_refused(override, match):

@@ -209,12 +209,14 @@ def ce_consistency(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
 
 
 def share_loss(masks: torch.Tensor, collaborator: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
-               shape: tuple[int, int, int], consistency: str = "linear", overlap_weight: float = 1.0) -> torch.Tensor:
+               shape: tuple[int, int, int], consistency: str = "linear", overlap_weight: float = 1.0,
+               norm: float | None = None) -> torch.Tensor:
     """Eq. 8: each instance towards the collaborator's foreground, plus the overlap penalty, over ``K`` pixels.
 
-    ``(1 / K) {sum_i [(1 - M_c) m_i + M_c (1 - m_i)] + sum_i m_i sum_{j != i} m_j}`` on the valid window pixels,
-    ``K`` their number (our choice of the paper's normalisation factor). ``consistency="ce"`` replaces the first
-    sum by the cross-entropy to ``M_c >= 0.5`` (the paper's Table V ablation).
+    ``(1 / K) {sum_i [(1 - M_c) m_i + M_c (1 - m_i)] + sum_i m_i sum_{j != i} m_j}`` on the valid window pixels;
+    ``K`` is ``norm`` (the recipe passes the image pixels that count, as ``H x W`` in Eq. 6) or, without it, the
+    number of valid window pixels. ``consistency="ce"`` replaces the first sum by the cross-entropy to
+    ``M_c >= 0.5`` (the paper's Table V ablation).
 
     Parameters
     ----------
@@ -226,6 +228,8 @@ def share_loss(masks: torch.Tensor, collaborator: torch.Tensor, index: torch.Ten
         :func:`window_pixels` and the pixels that count.
     overlap_weight : float
         Weight of the overlap penalty (1 in the paper; ours ramps it in, ``cks.overlap_ramp_epochs``).
+    norm : float, optional
+        ``K``; default the number of valid window pixels.
     """
     if masks.shape[0] == 0:
         return masks.sum() * 0.0
@@ -236,7 +240,8 @@ def share_loss(masks: torch.Tensor, collaborator: torch.Tensor, index: torch.Ten
         follow = ce_consistency(masks, mc, valid) * valid.sum()
     else:
         follow = (((1 - mc) * masks + mc * (1 - masks)) * valid).sum()
-    return (follow + overlap_weight * (others * valid).sum()) / valid.sum().clamp(min=1)
+    k = valid.sum().clamp(min=1) if norm is None else max(float(norm), 1.0)
+    return (follow + overlap_weight * (others * valid).sum()) / k
 
 
 _SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])

@@ -188,8 +188,9 @@ class CksRecipe(RecipeState):
         follow = (ce_consistency if c["consistency_collaborator"] == "ce"
                   else balanced_linear_consistency if c["collaborator_balance"] else linear_consistency)
         terms["foreground"] = follow(m_c, m_p, consist)
+        k = float(consist.sum()) if c["share_norm"] == "image" else None
         terms["share"] = share_loss(masks, m_c.detach(), index, valid, shape, c["consistency_principal"],
-                                    overlap_weight(epoch, int(c["overlap_ramp_epochs"]), float(c["overlap_weight"])))
+                                    overlap_weight(epoch, int(c["overlap_ramp_epochs"]), float(c["overlap_weight"])), k)
         terms["border"] = border_loss(b_c, instance_borders(masks, index, inside, shape), consist)
         terms["collapse"] = collapse_loss(masks, inside, float(c["collapse_delta"]))
         return terms

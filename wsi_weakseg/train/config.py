@@ -146,6 +146,8 @@ def _check_cks(cfg: dict[str, Any], positive) -> None:
     for p in ("focal_alpha", "detection_threshold"):
         if not (isinstance(c[p], (int, float)) and 0 < c[p] < 1):
             raise ConfigError(f"config key 'cks.{p}' must be in (0, 1), got {c[p]!r}")
+    if c["share_norm"] not in ("window", "image"):
+        raise ConfigError(f"cks.share_norm must be 'window' or 'image', got {c['share_norm']!r}")
     for p in ("consistency_collaborator", "consistency_principal"):
         if c[p] not in ("linear", "ce"):
             raise ConfigError(f"cks.{p} must be 'linear' (the paper's) or 'ce' (its ablation), got {c[p]!r}")
