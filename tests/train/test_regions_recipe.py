@@ -143,6 +143,18 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     script = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "evaluate_regions.py"))
     assert script["main"]([str(tmp_path / "m"), str(glas_spec), "--split", "validation", "--out", str(tmp_path / "v.json")]) == 0
     assert json.loads((tmp_path / "v.json").read_text())["mean"] == card["metrics"]["mean"]
+    # scripts/package_regions_model.py: float16 weights, name and licence; the card's metrics are the packaged
+    # weights' own (scored again from the written folder, they agree exactly)
+    package = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "package_regions_model.py"))
+    assert package["main"]([str(tmp_path / "m"), str(glas_spec), "--name", "glands-test", "--out", str(tmp_path / "p")]) == 0
+    packed = json.loads((tmp_path / "p" / "card.json").read_text())
+    assert packed["name"] == "glands-test" and "Research use only" in packed["license"] and packed["model_type"] == REGIONS
+    assert all(v.dtype == torch.float16 for v in torch.load(tmp_path / "p" / "weights.pt", weights_only=True).values()
+               if v.is_floating_point())
+    assert script["main"]([str(tmp_path / "p"), str(glas_spec), "--split", "validation", "--out", str(tmp_path / "p.json")]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())["mean"] == packed["metrics"]["mean"]
+    assert package["main"]([str(tmp_path / "seg"), str(glas_spec), "--name", "x", "--out", str(tmp_path / "q")]) == 2
+    assert not (tmp_path / "q").exists()
     # `labels --model` shows each training item's points and the run's last u (> 0.5 green, < 0.5 red)
     from wsi_weakseg.cli import main
     from wsi_weakseg.cli_labels import _overlay

@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Package a trained regions model (recipe: regions) as a packaged model: float16 weights, card, validation metrics.
+
+Nothing is chosen here: the net is the one ``wsi-weakseg train`` shipped (best validation pixel Dice) with its
+card's region thresholds. The float16-rounded weights are scored on the validation split of ``spec`` before anything is
+written (so the card's metrics are those of the weights users get) and the card gets the name, a description and the
+research-use licence of the GlaS data. For issue 18 (``glands-points-v1``)::
+
+    PYTHONPATH=. python scripts/package_regions_model.py runs/regions/cvm-5pairs configs/data/glas-split.yaml \
+        --name glands-points-v1 --out wsi_weakseg/models/glands-points-v1
+
+The held-out test split is scored afterwards, once, with ``scripts/evaluate_regions.py --split test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("package_regions_model")
+
+LICENSE = (
+    "Research use only, no commercial use: trained on GlaS (Sirinukunwattana et al., Medical Image Analysis 2017; "
+    "GlaS challenge terms) with simulated in/out points"
+)
+
+
+def package(run: Path, spec: Path, name: str, out: Path, description: str | None = None) -> dict:
+    """Write ``out`` (float16 weights, card) from the model folder ``run``; return the card's metrics."""
+    from wsi_weakseg.errors import ConfigError
+    from wsi_weakseg.model.card import REGIONS, export_model, load_model
+    from wsi_weakseg.train.region_items import build_region_eval_items
+    from wsi_weakseg.train.region_validate import validate_regions
+    from wsi_weakseg.weak.spec import load_spec
+
+    source = load_model(run)
+    if source.card.model_type != REGIONS:
+        raise ConfigError(f"{run} is a {source.card.model_type!r} model; this script packages regions models")
+    training = source.card.training or {}
+    cls = source.card.classes[0]["name"]
+    text = description or (
+        f"ResNet34-UNet (width {source.card.arch_kwargs.get('width', 64)}) at {source.card.mpp} µm/px trained from "
+        f"a few points inside and outside each {cls.lower()} (recipe regions, loss "
+        f"{training.get('config', {}).get('regions', {}).get('loss', '?')}); sigmoid {cls} probability")
+    # score the weights users get: float16-rounded, computed in float32 as the loader does
+    state = {k: v.half().float() if v.is_floating_point() else v for k, v in source.net.state_dict().items()}
+    source.net.load_state_dict(state)
+    cfg = {"data": {"mpp": source.card.mpp}, "regions": training["config"]["regions"]}
+    items = build_region_eval_items(load_spec(spec).split("validation"), cfg)
+    scores = validate_regions(source.net, source.card, items)
+    metrics = {"split": f"validation ({spec.name})", "n": len(items), "mean": scores["mean"],
+               "images": scores["images"], "weights": "float16"}
+    export_model(run, out, half=True, name=name, description=text, license=LICENSE, metrics=metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="model folder written by `wsi-weakseg train` (recipe: regions)")
+    parser.add_argument("spec", type=Path, help="data spec whose validation items name their masks (labels)")
+    parser.add_argument("--name", required=True, help="packaged model name, e.g. glands-points-v1")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (e.g. wsi_weakseg/models/NAME)")
+    parser.add_argument("--description", help="card description (default: from the training config)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from wsi_weakseg.errors import UserInputError
+
+    try:
+        metrics = package(args.run, args.spec, args.name, args.out, args.description)
+    except UserInputError as exc:
+        print(f"package_regions_model: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
