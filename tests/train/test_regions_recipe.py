@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import runpy
@@ -120,8 +121,25 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["model_type"] == REGIONS and card["architecture"] == "resnet34-unet" and card["heads"] == ["region"]
     assert card["activation"] == "sigmoid" and card["classes"][0]["name"] == "Gland" and card["mpp"] == 2.5
-    assert card["thresholds"] == {"region": 0.5, "min_region_area_um2": 500.0, "min_hole_area_um2": 0.0,
-                                  "simplify_um": 0.0}
+    # region level and smallest hole were tuned on the validation masks (regions.tune_thresholds); the choice is
+    # the grid's best by a brute-force check: validate_regions on a card with each grid point
+    from wsi_weakseg.train.region_validate import REGION_GRID, validate_regions
+
+    tuning = card["training"]["thresholds_tuning"]
+    assert {k: card["thresholds"][k] for k in ("min_region_area_um2", "simplify_um")} == {
+        "min_region_area_um2": 500.0, "simplify_um": 0.0}
+    assert card["thresholds"]["region"] in REGION_GRID["region"]
+    assert card["thresholds"]["min_hole_area_um2"] in REGION_GRID["min_hole_area_um2"]
+    assert len(tuning["grid"]) == 15 and tuning["grid"][0]["region"] == 0.5 and tuning["grid"][0]["min_hole_area_um2"] == 0.0
+    trained = load_model(tmp_path / "m")
+    val_items = build_region_eval_items(load_spec(glas_spec).split("validation"), _cfg(glas_spec))
+    brute = {(r["region"], r["min_hole_area_um2"]): validate_regions(
+        trained.net, dataclasses.replace(trained.card, thresholds={**trained.card.thresholds, "region": r["region"],
+                                                                   "min_hole_area_um2": r["min_hole_area_um2"]}),
+        val_items)["mean"]["dice"] for r in tuning["grid"]}
+    assert brute == pytest.approx({(r["region"], r["min_hole_area_um2"]): r["dice"] for r in tuning["grid"]})
+    assert brute[(card["thresholds"]["region"], card["thresholds"]["min_hole_area_um2"])] == max(brute.values())
+    assert card["metrics"]["mean"]["dice"] == pytest.approx(max(brute.values()))
     assert set(card["metrics"]["mean"]) == {"dice", "iou", "object_dice", "pce"}
     history = card["training"]["history"]
     assert result.best["metric"] == "dice" and history[1]["validation"]["net"]["pce"] > 0
@@ -191,7 +209,8 @@ def test_config_checks_of_the_regions_recipe():
                        ({"regions": {"feature_stage": 5}}, "feature_stage"), ({"data": {"metric": "aji"}}, "data.metric"),
                        ({"regions": {"chan_vese": {"iterations": 0}}}, "iterations"),
                        ({"regions": {"thresholds": {"region": 1.0}}}, "thresholds.region"),
-                       ({"regions": {"thresholds": {"min_region_area_um2": -1}}}, "min_region_area_um2")):
+                       ({"regions": {"thresholds": {"min_region_area_um2": -1}}}, "min_region_area_um2"),
+                       ({"regions": {"tune_thresholds": "yes"}}, "tune_thresholds")):
         with pytest.raises(ConfigError, match=match):
             load_config(overrides={"recipe": "regions", **bad})
 

@@ -190,6 +190,8 @@ def _check_regions(cfg: dict[str, Any], positive) -> None:
         raise ConfigError(f"regions.feature_stage must be a decoder stage 0 to 4, got {stage!r}")
     if not (isinstance(warm, int) and not isinstance(warm, bool) and warm >= 0):
         raise ConfigError(f"regions.warmup_epochs must be an integer >= 0, got {warm!r}")
+    if not isinstance(r["tune_thresholds"], bool):
+        raise ConfigError(f"regions.tune_thresholds must be true or false, got {r['tune_thresholds']!r}")
     t = r["thresholds"]
     if not (isinstance(t["region"], (int, float)) and 0 < t["region"] < 1):
         raise ConfigError(f"regions.thresholds.region must be a probability in (0, 1), got {t['region']!r}")

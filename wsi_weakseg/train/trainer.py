@@ -33,6 +33,7 @@ from .dataset import EvalItem, TrainItem, build_eval_items, build_items, load_it
 from .few_masks_recipe import FewMasksRecipe
 from .loop import run, steps_per_epoch
 from .points_recipe import PointsRecipe
+from .region_validate import tune_region_thresholds
 from .regions_recipe import RegionsRecipe
 from .scribbles_recipe import ScribblesRecipe
 from .tune import tune_thresholds
@@ -293,8 +294,13 @@ class _Selection:
 def _final_metrics(cfg: Mapping, card: ModelCard, net, val_items: Sequence, metric: str,
                    metrics: dict) -> tuple[dict, dict | None]:
     """The shipped net's validation metrics, after tuning the card's instance thresholds (instance models)."""
-    if val_items and card.model_type == REGIONS:
-        return _scorer(cfg, card, val_items, "cpu")(net), None  # the shipped net is built on the CPU
+    if val_items and card.model_type == REGIONS:  # the shipped net is built on the CPU
+        tuning = None
+        if cfg["regions"]["tune_thresholds"]:
+            card.thresholds, table = tune_region_thresholds(net, card, val_items)
+            tuning = {"metric": "dice", "chosen": {k: card.thresholds[k] for k in ("region", "min_hole_area_um2")},
+                      "grid": table}
+        return _scorer(cfg, card, val_items, "cpu")(net), tuning
     if not val_items:
         return metrics, None
     card.thresholds, table = tune_thresholds(net, card, val_items, metric, cfg["data"]["radius_um"])
