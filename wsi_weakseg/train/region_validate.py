@@ -42,6 +42,11 @@ def region_logits(net: torch.nn.Module, image: np.ndarray, normalization: Mappin
     return logits
 
 
+def stored_probability(logits: torch.Tensor) -> np.ndarray:
+    """The target's probability as the engine stores it: sigmoid of ``logits`` rounded to uint8 (0-255)."""
+    return torch.round(torch.sigmoid(logits).clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
+
+
 def validate_regions(net: torch.nn.Module, card: ModelCard, items: Sequence, device: str = "cpu") -> dict:
     """Mean metrics over ``items`` (:class:`~wsi_weakseg.train.region_items.RegionEvalItem`) and per-image rows.
 
@@ -59,8 +64,7 @@ def validate_regions(net: torch.nn.Module, card: ModelCard, items: Sequence, dev
         logits = region_logits(net, item.image, card.normalization, device)
         row: dict = {"name": item.name}
         if item.mask is not None:
-            prob = torch.round(torch.sigmoid(logits).clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
-            labels, _ = region_labels(prob, params)
+            labels, _ = region_labels(stored_probability(logits), params)
             row.update(evaluate_regions(labels > 0, item.mask))
         if item.points is not None:
             row["pce"] = float(partial_ce(logits, torch.from_numpy(item.points)))
@@ -92,11 +96,10 @@ def tune_region_thresholds(net: torch.nn.Module, card: ModelCard, items: Sequenc
     """
     from ..engine.region_polygons import region_labels, region_params
 
-    scored = [(item, torch.sigmoid(region_logits(net, item.image, card.normalization, device)))
-              for item in items if item.mask is not None]
-    if not scored:
+    probs = [(stored_probability(region_logits(net, item.image, card.normalization, device)), item.mask)
+             for item in items if item.mask is not None]
+    if not probs:
         return dict(card.thresholds), []
-    probs = [(torch.round(p.clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy(), item.mask) for item, p in scored]
     own = (card.thresholds["region"], card.thresholds.get("min_hole_area_um2", 0.0))
     points = [own] + [(r, h) for r in REGION_GRID["region"] for h in REGION_GRID["min_hole_area_um2"] if (r, h) != own]
     table = []
