@@ -203,7 +203,7 @@ def synthetic_maps(shape: tuple[int, int], density: float, seed: int) -> np.ndar
 def assigned(maps: np.ndarray, params: InstanceParams) -> tuple[np.ndarray, np.ndarray]:
     fg, centre = maps
     markers = find_markers(centre, fg, params)
-    labels, _, _ = assign_pixels(centre, fg, markers, params)
+    labels, _ = assign_pixels(centre, fg, markers, params)
     return labels, markers
 
 

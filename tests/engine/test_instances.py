@@ -104,7 +104,7 @@ def test_touching_nuclei_split_along_the_valley():
     fg = np.where(c > 0.1, 255, 0).astype(np.uint8)
     markers = find_markers(centre, fg, PARAMS)
     assert markers.tolist() == [[20, 20], [20, 33]]
-    labels, _, _ = assign_pixels(centre, fg, markers, PARAMS)
+    labels, _ = assign_pixels(centre, fg, markers, PARAMS)
     labels = clean_labels(labels, markers, PARAMS)
     row = labels[20]
     assert set(row[13:26]) == {1} and set(row[28:40]) == {2}  # the split lies in the valley (x 26-27)
@@ -305,6 +305,29 @@ def test_compiled_dijkstra_equals_skimage_mcp(seed):
     expect = single.argmin(axis=0) + 1
     np.testing.assert_array_equal(owner[within], expect[within])
     assert (owner[~within] == 0).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_split_budget_equals_numpy_ring_test(seed):
+    """Labels within the budget and the cut markers, in one compiled pass, against the numpy expressions they
+    replaced: ``np.where(cost <= budget, owner, 0)`` and the flags of the owners in (budget, limit]."""
+    from wsi_weakseg.engine._geodesic import geodesic_assign, split_budget
+
+    rng = np.random.default_rng(seed)
+    step = 1.0 + 0.5 * rng.random((90, 110))
+    step[rng.random(step.shape) < 0.2] = np.inf
+    free = np.argwhere(np.isfinite(step))
+    markers = free[rng.choice(len(free), 200, replace=False)]
+    budget, limit = 6.0, 6.0 + 2 * np.sqrt(2) * 1.5
+    owner, cost = geodesic_assign(step, markers[:, 0].copy(), markers[:, 1].copy(), limit)
+    labels, flags = split_budget(owner, cost, budget, len(markers))
+    np.testing.assert_array_equal(labels, np.where(cost <= budget, owner, 0))
+    ring = (cost > budget) & (cost <= limit) & (owner > 0)
+    expect = np.zeros(len(markers) + 1, bool)
+    expect[np.unique(owner[ring])] = True
+    expect[0] = False
+    assert expect.sum() > 3 and (~expect[1:]).sum() > 0  # both outcomes occur, so the test can fail
+    np.testing.assert_array_equal(flags, expect)
 
 
 # ------------------------------------------------------------------ compiled kernels against numpy oracles

@@ -15,7 +15,7 @@ MCP plus predecessor resolution.
 Two things differ from MCP, neither changing a result the engine reads:
 
 - the search stops at ``limit``: pixels of larger cost are reported unreached (cost ``inf``, owner 0).
-  The engine reads owners only up to the cost budget plus the oversize ring (:func:`instances.oversized`);
+  The engine reads owners only up to the cost budget plus the oversize ring (:func:`split_budget`);
 - ties between two exactly equal paths are broken by visiting order (skimage: heap order). The instance
   rule's position-hashed jitter makes such ties practically impossible, so both give the same owners
   (``tests/engine/test_instances.py`` compares them on random costs).
@@ -103,6 +103,44 @@ def geodesic_assign(step, marker_rows, marker_cols, limit):
                         queue[tail] = m
                         tail = tail + 1 if tail + 1 < cap else 0
     return owner.reshape(h, w), cost.reshape(h, w)
+
+
+@numba.njit(cache=True, nogil=True)
+def split_budget(owner, cost, max_cost, n_markers):
+    """Labels within the cost budget and the markers whose region was cut at it, in one pass.
+
+    Parameters
+    ----------
+    owner : ndarray of int32, shape (h, w)
+        From :func:`geodesic_assign` (searched up to the budget plus the oversize ring).
+    cost : ndarray of float64, shape (h, w)
+        Same.
+    max_cost : float
+        The cost budget of a nucleus.
+    n_markers : int
+
+    Returns
+    -------
+    labels : ndarray of int32, shape (h, w)
+        ``owner`` where ``cost <= max_cost``, else 0.
+    flags : ndarray of bool, shape (n_markers + 1,)
+        Marker ``i`` (1-based) owns a pixel of cost above ``max_cost`` (but within the search limit); index 0
+        False. Equal to ``np.where(cost <= max_cost, owner, 0)`` and the numpy ring test it replaced
+        (``tests/engine/test_instances.py``) when the search limit is the budget plus that ring's margin.
+    """
+    h, w = owner.shape
+    labels = np.zeros((h, w), np.int32)
+    flags = np.zeros(n_markers + 1, np.bool_)
+    for i in range(h):
+        for j in range(w):
+            o = owner[i, j]
+            if o == 0:
+                continue
+            if cost[i, j] <= max_cost:
+                labels[i, j] = o
+            else:
+                flags[o] = True
+    return labels, flags
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._cleanup import clean, saddle_mask
-from ._geodesic import geodesic_assign, local_maxima, step_costs
+from ._geodesic import geodesic_assign, local_maxima, split_budget, step_costs
 from .outlines import trace_outlines
 
 _TIE_JITTER = 1e-6
@@ -131,7 +131,7 @@ def find_markers(centre: np.ndarray, fg: np.ndarray, params: InstanceParams) -> 
 def assign_pixels(
     centre: np.ndarray, fg: np.ndarray, markers: np.ndarray, params: InstanceParams,
     origin: tuple[int, int] = (0, 0), width: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Geodesic assignment of foreground pixels to markers.
 
     ``origin`` (row, col) is the window's place in the image of ``width`` columns (default: the window is
@@ -141,23 +141,21 @@ def assign_pixels(
     -------
     labels : ndarray of int32
         1-based index into ``markers`` of each pixel within the cost budget, 0 elsewhere.
-    owner : ndarray of int32
-        Same, up to the budget plus the oversize ring (:func:`oversized`); 0 beyond.
-    cost : ndarray of float64
-        Geodesic cost up to the same limit (inf beyond).
+    oversized : ndarray of bool, shape (n + 1,)
+        Marker ``i`` (1-based; index 0 unused) was cut at the budget: it is the least-cost marker of some
+        pixel just beyond it (cost in ``(max_cost, max_cost + margin]``, the margin two diagonal steps at the
+        highest step cost), so its region would have grown farther.
     """
     shape = centre.shape
-    labels = np.zeros(shape, dtype=np.int32)
     if len(markers) == 0:
-        return labels, labels.copy(), np.full(shape, np.inf)
+        return np.zeros(shape, dtype=np.int32), np.zeros(1, dtype=bool)
     width = shape[1] if width is None else width
     step = step_costs(np.ascontiguousarray(centre, dtype=np.uint8), np.ascontiguousarray(fg, dtype=np.uint8),
                       params.foreground, float(params.path_weight), _TIE_JITTER, origin[0], origin[1], width)
-    limit = params.max_cost + _ring_margin(params)  # what oversized() reads
     owner, cost = geodesic_assign(step, np.ascontiguousarray(markers[:, 0], dtype=np.int64),
-                                  np.ascontiguousarray(markers[:, 1], dtype=np.int64), limit)
-    labels = np.where(cost <= params.max_cost, owner, 0).astype(np.int32)
-    return labels, owner, cost
+                                  np.ascontiguousarray(markers[:, 1], dtype=np.int64),
+                                  params.max_cost + _ring_margin(params))
+    return split_budget(owner, cost, float(params.max_cost), len(markers))
 
 
 def saddle_cuts(labels: np.ndarray, is_marker: np.ndarray) -> np.ndarray:
@@ -227,16 +225,6 @@ def _ring_margin(params: InstanceParams) -> float:
     return 2.0 * math.sqrt(2.0) * (1.0 + params.path_weight) * (1.0 + 2 * _TIE_JITTER)
 
 
-def oversized(owner: np.ndarray, cost: np.ndarray, n_markers: int, params: InstanceParams) -> np.ndarray:
-    """Boolean per marker (index 0 unused): its region was cut at the cost budget."""
-    margin = _ring_margin(params)
-    ring = (cost > params.max_cost) & (cost <= params.max_cost + margin) & (owner > 0)
-    flag = np.zeros(n_markers + 1, dtype=bool)
-    flag[np.unique(owner[ring])] = True
-    flag[0] = False
-    return flag
-
-
 def outline(mask: np.ndarray) -> np.ndarray:
     """Closed exterior outline of a 4-connected mask, on pixel edges.
 
@@ -286,7 +274,7 @@ def label_image(
     else:
         fg, centre = np.asarray(maps[0]), np.asarray(maps[1])
         markers = find_markers(centre, fg, params)
-        labels, _, _ = assign_pixels(centre, fg, markers, params, origin, width)
+        labels, _ = assign_pixels(centre, fg, markers, params, origin, width)
         labels = clean_labels(labels, markers, params)
     kept = np.zeros(len(markers) + 1, dtype=bool)
     kept[np.unique(labels)] = True

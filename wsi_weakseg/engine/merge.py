@@ -33,7 +33,6 @@ from .instances import (
     assign_pixels,
     clean_labels,
     find_markers,
-    oversized,
 )
 from .outlines import trace_flat
 from .records import (  # noqa: F401
@@ -115,9 +114,8 @@ def label_window(win: np.ndarray, window: Window, params: InstanceParams, anchor
         fg, centre = win[0], win[1]
         markers = find_markers(centre, fg, params)
         markers = markers[window.reliable(markers, params.peak_radius)]
-        labels, owner, cost = assign_pixels(centre, fg, markers, params, (window.wy0, window.wx0), window.image_shape[1])
+        labels, flags = assign_pixels(centre, fg, markers, params, (window.wy0, window.wx0), window.image_shape[1])
         labels = clean_labels(labels, markers, params)
-        flags = oversized(owner, cost, len(markers), params)
     if anchor_filter is not None and len(markers):
         rejected = np.concatenate([[False], ~anchor_filter(markers[:, 0] + window.wy0, markers[:, 1] + window.wx0)])
         labels[rejected[labels]] = 0
