@@ -56,17 +56,22 @@ def geodesic_assign(step, marker_rows, marker_cols, limit):
         Geodesic cost, ``inf`` where not reached within ``limit``.
     """
     h, w = step.shape
-    n = h * w
-    flat = step.ravel()
+    W = w + 2  # padded by one impassable pixel on every side: no bounds checks in the inner loop
+    n = (h + 2) * W
+    flat = np.full(n, np.inf)
+    for i in range(h):
+        flat[(i + 1) * W + 1 : (i + 1) * W + 1 + w] = step[i]
     cost = np.full(n, np.inf)
     owner = np.zeros(n, np.int32)
     queued = np.zeros(n, np.bool_)
     cap = n + 1  # a ring buffer: every pixel is in the queue at most once at a time
     queue = np.empty(cap, np.int64)
+    offsets = np.array([-W - 1, -W, -W + 1, -1, 1, W - 1, W, W + 1], np.int64)
+    lengths = np.array([_SQRT2, 1.0, _SQRT2, 1.0, 1.0, _SQRT2, 1.0, _SQRT2])
     head = 0
     tail = 0
     for i in range(len(marker_rows)):
-        p = marker_rows[i] * w + marker_cols[i]
+        p = (marker_rows[i] + 1) * W + marker_cols[i] + 1
         if cost[p] > 0.0:
             cost[p] = 0.0
             owner[p] = i + 1
@@ -78,31 +83,22 @@ def geodesic_assign(step, marker_rows, marker_cols, limit):
         head = head + 1 if head + 1 < cap else 0
         queued[p] = False
         c = cost[p]
-        r = p // w
-        q = p - r * w
         sp = flat[p]
-        for dr in range(-1, 2):
-            rr = r + dr
-            if rr < 0 or rr >= h:
+        op = owner[p]
+        for k in range(8):
+            m = p + offsets[k]
+            sn = flat[m]
+            if sn == np.inf:
                 continue
-            for dc in range(-1, 2):
-                cc = q + dc
-                if (dr == 0 and dc == 0) or cc < 0 or cc >= w:
-                    continue
-                m = rr * w + cc
-                sn = flat[m]
-                if sn == np.inf:
-                    continue
-                length = 1.0 if dr == 0 or dc == 0 else _SQRT2
-                nc = c + (sp + sn) / 2.0 * length
-                if nc < cost[m] and nc <= limit:
-                    cost[m] = nc
-                    owner[m] = owner[p]
-                    if not queued[m]:
-                        queued[m] = True
-                        queue[tail] = m
-                        tail = tail + 1 if tail + 1 < cap else 0
-    return owner.reshape(h, w), cost.reshape(h, w)
+            nc = c + (sp + sn) / 2.0 * lengths[k]
+            if nc < cost[m] and nc <= limit:
+                cost[m] = nc
+                owner[m] = op
+                if not queued[m]:
+                    queued[m] = True
+                    queue[tail] = m
+                    tail = tail + 1 if tail + 1 < cap else 0
+    return owner.reshape(h + 2, W)[1:-1, 1:-1].copy(), cost.reshape(h + 2, W)[1:-1, 1:-1].copy()
 
 
 @numba.njit(cache=True, nogil=True)
