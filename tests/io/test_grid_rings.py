@@ -56,7 +56,7 @@ def test_proof_is_sound_on_traced_random_labels(seed):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 4, (40, 50)).astype(np.int32)
     labels[rng.random(labels.shape) < 0.3] = 0
-    _, xy, ring_starts, poly_starts = trace_flat(labels, [1, 2, 3])
+    _, xy, ring_starts, _ = trace_flat(labels, [1, 2, 3])
     # one polygon per ring (exteriors and holes alike), so there are many single-ring polygons
     single = np.arange(len(ring_starts), dtype=np.int64)
     geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, (ring_starts, single))
