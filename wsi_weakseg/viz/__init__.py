@@ -23,13 +23,17 @@ CMAP = "cividis"
 
 
 def save_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
-    """Write an (H, W, 3) or (H, W, 4) uint8 array as PNG, atomically (temporary name, then rename)."""
+    """Write an (H, W, 3) or (H, W, 4) uint8 array as PNG, atomically (temporary name, then rename).
+
+    zlib level 1: on a 2180 x 2086 slide preview 4x faster than PIL's default level 6 (0.31 vs 1.32 CPU-s) for a
+    file 4 % larger (7.1 vs 6.8 MB), and pictures are written on every ``segment`` run.
+    """
     from PIL import Image
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG", optimize=False)
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG", optimize=False, compress_level=1)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
