@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # for annotations only; the functions import numpy themselves
     import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("open_and_tissue", "inference", "instances", "geojson", "pyramid")
+STAGES = ("open_and_tissue", "inference", "instances", "geojson", "pictures", "pyramid")
 
 EPILOG = """\
 timing guide (2-core x86_64 CPU, no GPU, shared with other jobs): the untrained full-width
