@@ -330,6 +330,28 @@ def test_split_budget_equals_numpy_ring_test(seed):
     np.testing.assert_array_equal(flags, expect)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_assign_window_is_the_three_kernels_composed(seed):
+    """The engine's one-call assignment equals step_costs -> geodesic_assign -> split_budget, the kernels the
+    oracles above check (MCP, the numpy step expression, the numpy ring test)."""
+    from wsi_weakseg.engine._geodesic import assign_window, geodesic_assign, split_budget, step_costs
+
+    rng = np.random.default_rng(seed)
+    centre = rng.integers(0, 256, (70, 90), dtype=np.uint8)
+    fg = rng.integers(0, 256, (70, 90), dtype=np.uint8)
+    rows, cols = np.nonzero(fg >= 100)
+    pick = rng.choice(rows.size, 40, replace=False)
+    mr, mc = rows[pick].astype(np.int64), cols[pick].astype(np.int64)
+    args = (100, 2.0, 1e-6, 13, 7, 500)
+    step = step_costs(centre, fg, *args)
+    owner, cost = geodesic_assign(step, mr, mc, 9.5)
+    expect = split_budget(owner, cost, 6.0, 40)
+    labels, flags = assign_window(centre, fg, *args, mr, mc, 6.0, 9.5)
+    np.testing.assert_array_equal(labels, expect[0])
+    np.testing.assert_array_equal(flags, expect[1])
+    assert labels.max() > 0 and flags.any() and not flags.all()
+
+
 # ------------------------------------------------------------------ compiled kernels against numpy oracles
 
 

@@ -56,11 +56,19 @@ def geodesic_assign(step, marker_rows, marker_cols, limit):
         Geodesic cost, ``inf`` where not reached within ``limit``.
     """
     h, w = step.shape
-    W = w + 2  # padded by one impassable pixel on every side: no bounds checks in the inner loop
-    n = (h + 2) * W
-    flat = np.full(n, np.inf)
-    for i in range(h):
-        flat[(i + 1) * W + 1 : (i + 1) * W + 1 + w] = step[i]
+    padded = np.full((h + 2, w + 2), np.inf)
+    padded[1:-1, 1:-1] = step
+    owner, cost = _search(padded, marker_rows, marker_cols, limit)
+    return owner[1:-1, 1:-1].copy(), cost[1:-1, 1:-1].copy()
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _search(padded, marker_rows, marker_cols, limit):
+    """:func:`geodesic_assign` on a step map padded by one impassable (``inf``) pixel on every side, so the
+    inner loop needs no bounds checks; markers are given in unpadded coordinates, results are padded."""
+    H, W = padded.shape
+    n = H * W
+    flat = padded.ravel()
     cost = np.full(n, np.inf)
     owner = np.zeros(n, np.int32)
     queued = np.zeros(n, np.bool_)
@@ -98,7 +106,7 @@ def geodesic_assign(step, marker_rows, marker_cols, limit):
                     queued[m] = True
                     queue[tail] = m
                     tail = tail + 1 if tail + 1 < cap else 0
-    return owner.reshape(h + 2, W)[1:-1, 1:-1].copy(), cost.reshape(h + 2, W)[1:-1, 1:-1].copy()
+    return owner.reshape(H, W), cost.reshape(H, W)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -156,17 +164,32 @@ def step_costs(centre, fg, foreground, path_weight, jitter, row0, col0, width):
     The same floating-point operations, in the same order, as the numpy expression it replaces, so the
     costs are bit-identical. ``key = (row0 + i) * width + col0 + j + 1`` is the pixel's global raster key.
     """
+    return _padded_step_costs(centre, fg, foreground, path_weight, jitter, row0, col0, width)[1:-1, 1:-1].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _padded_step_costs(centre, fg, foreground, path_weight, jitter, row0, col0, width):
+    """:func:`step_costs` with a border of one impassable pixel (the layout :func:`_search` walks)."""
     h, w = centre.shape
-    step = np.empty((h, w), np.float64)
+    step = np.full((h + 2, w + 2), np.inf)
     for i in range(h):
         base = (row0 + i) * width + col0 + 1
         for j in range(w):
-            if fg[i, j] < foreground:
-                step[i, j] = np.inf
-            else:
+            if fg[i, j] >= foreground:
                 s = 1.0 + path_weight * (1.0 - np.float64(centre[i, j]) / 255.0)
-                step[i, j] = s * (1.0 + jitter * _hash01(base + j))
+                step[i + 1, j + 1] = s * (1.0 + jitter * _hash01(base + j))
     return step
+
+
+@numba.njit(cache=True, nogil=True)
+def assign_window(centre, fg, foreground, path_weight, jitter, row0, col0, width, marker_rows, marker_cols,
+                  max_cost, limit):
+    """The instance rule's assignment in one call: step costs (:func:`step_costs`), the search up to ``limit``
+    (:func:`geodesic_assign`) and the split at the budget ``max_cost`` (:func:`split_budget`), without the
+    intermediate full-window arrays of separate calls. Returns ``(labels, oversized flags)``."""
+    padded = _padded_step_costs(centre, fg, foreground, path_weight, jitter, row0, col0, width)
+    owner, cost = _search(padded, marker_rows, marker_cols, limit)
+    return split_budget(owner[1:-1, 1:-1], cost[1:-1, 1:-1], max_cost, len(marker_rows))
 
 
 @numba.njit(cache=True, nogil=True)

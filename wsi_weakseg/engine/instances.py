@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._cleanup import clean, saddle_mask
-from ._geodesic import geodesic_assign, local_maxima, split_budget, step_costs
+from ._geodesic import assign_window, local_maxima
 from .outlines import trace_outlines
 
 _TIE_JITTER = 1e-6
@@ -150,12 +150,12 @@ def assign_pixels(
     if len(markers) == 0:
         return np.zeros(shape, dtype=np.int32), np.zeros(1, dtype=bool)
     width = shape[1] if width is None else width
-    step = step_costs(np.ascontiguousarray(centre, dtype=np.uint8), np.ascontiguousarray(fg, dtype=np.uint8),
-                      params.foreground, float(params.path_weight), _TIE_JITTER, origin[0], origin[1], width)
-    owner, cost = geodesic_assign(step, np.ascontiguousarray(markers[:, 0], dtype=np.int64),
-                                  np.ascontiguousarray(markers[:, 1], dtype=np.int64),
-                                  params.max_cost + _ring_margin(params))
-    return split_budget(owner, cost, float(params.max_cost), len(markers))
+    # step costs, geodesic search to the budget plus the oversize ring, split at the budget: one compiled call
+    return assign_window(np.ascontiguousarray(centre, dtype=np.uint8), np.ascontiguousarray(fg, dtype=np.uint8),
+                         params.foreground, float(params.path_weight), _TIE_JITTER, origin[0], origin[1], width,
+                         np.ascontiguousarray(markers[:, 0], dtype=np.int64),
+                         np.ascontiguousarray(markers[:, 1], dtype=np.int64),
+                         float(params.max_cost), params.max_cost + _ring_margin(params))
 
 
 def saddle_cuts(labels: np.ndarray, is_marker: np.ndarray) -> np.ndarray:
