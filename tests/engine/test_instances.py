@@ -10,8 +10,6 @@ from shapely.geometry import Polygon
 from skimage.draw import disk
 
 from wsi_weakseg.engine import merge
-from wsi_weakseg.engine.records import load_core_keys
-from wsi_weakseg.engine.schedule import InstanceStage
 from wsi_weakseg.engine.instances import (
     InstanceParams,
     assign_pixels,
@@ -22,6 +20,8 @@ from wsi_weakseg.engine.instances import (
     saddle_cuts,
 )
 from wsi_weakseg.engine.outlines import trace_outlines
+from wsi_weakseg.engine.records import load_core_keys
+from wsi_weakseg.engine.schedule import InstanceStage
 from wsi_weakseg.errors import ProcessingError
 
 PARAMS = InstanceParams(foreground=128, centre=60, peak_radius=2, max_cost=20.0, path_weight=2.0, min_area=5)
@@ -334,7 +334,12 @@ def test_split_budget_equals_numpy_ring_test(seed):
 def test_assign_window_is_the_three_kernels_composed(seed):
     """The engine's one-call assignment equals step_costs -> geodesic_assign -> split_budget, the kernels the
     oracles above check (MCP, the numpy step expression, the numpy ring test)."""
-    from wsi_weakseg.engine._geodesic import assign_window, geodesic_assign, split_budget, step_costs
+    from wsi_weakseg.engine._geodesic import (
+        assign_window,
+        geodesic_assign,
+        split_budget,
+        step_costs,
+    )
 
     rng = np.random.default_rng(seed)
     centre = rng.integers(0, 256, (70, 90), dtype=np.uint8)
