@@ -130,7 +130,7 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
         "min_region_area_um2": 500.0, "simplify_um": 0.0}
     assert card["thresholds"]["region"] in REGION_GRID["region"]
     assert card["thresholds"]["min_hole_area_um2"] in REGION_GRID["min_hole_area_um2"]
-    assert len(tuning["grid"]) == 15 and tuning["grid"][0]["region"] == 0.5 and tuning["grid"][0]["min_hole_area_um2"] == 0.0
+    assert len(tuning["grid"]) == len(REGION_GRID["region"]) * len(REGION_GRID["min_hole_area_um2"]) and tuning["grid"][0]["region"] == 0.5 and tuning["grid"][0]["min_hole_area_um2"] == 0.0
     trained = load_model(tmp_path / "m")
     val_items = build_region_eval_items(load_spec(glas_spec).split("validation"), _cfg(glas_spec))
     brute = {(r["region"], r["min_hole_area_um2"]): validate_regions(

@@ -78,7 +78,7 @@ def validate_regions(net: torch.nn.Module, card: ModelCard, items: Sequence, dev
 
 
 #: Grid of :func:`tune_region_thresholds`: the probability level and the smallest hole kept (µm²; 0 keeps all).
-REGION_GRID = {"region": (0.3, 0.4, 0.5, 0.6, 0.7), "min_hole_area_um2": (0.0, 2000.0, 10000.0)}
+REGION_GRID = {"region": (0.3, 0.4, 0.5, 0.6, 0.7), "min_hole_area_um2": (0.0, 2000.0, 10000.0, 50000.0)}
 
 
 def tune_region_thresholds(net: torch.nn.Module, card: ModelCard, items: Sequence,
