@@ -77,3 +77,12 @@ def test_traced_clean_nuclei_are_all_proven():
     labels[22:25, 18:26] = 3  # a cross
     _, xy, ring_starts, poly_starts = trace_flat(labels, [1, 2, 3])
     assert simple_grid_rings(xy, ring_starts, poly_starts).all()
+
+
+def test_a_ring_over_a_huge_box_is_left_to_geos():
+    """The proof marks corners in a bitmap of the ring's box; past 4 M corners it declines (bounded memory) and
+    valid_ragged asks GEOS instead."""
+    big = [[[0, 0], [5000, 0], [5000, 5000], [0, 5000], [0, 0]]]
+    xy, rs, ps = _ragged([big])
+    assert simple_grid_rings(xy, rs, ps).tolist() == [False]
+    assert valid_ragged(xy, rs, ps)[3].tolist() == [False]

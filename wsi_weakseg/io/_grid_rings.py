@@ -13,6 +13,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+#: Largest bounding box (grid corners) the proof marks; bigger rings go to GEOS (bounded memory per ring).
+_MAX_BITMAP = 1 << 22
+
 
 @numba.njit(cache=True, nogil=True)
 def simple_grid_rings(xy, ring_starts, poly_starts):
@@ -54,6 +57,8 @@ def _simple_ring(xy, a, b):
             return False
         x0, y0, x1, y1 = min(x0, x), min(y0, y), max(x1, x), max(y1, y)
     w = int(x1 - x0) + 1
+    if (y1 - y0 + 1) * w > _MAX_BITMAP:
+        return False  # a ring spanning a huge box (a tissue region, not a nucleus): left to GEOS
     seen = np.zeros((int(y1 - y0) + 1) * w, np.bool_)
     for k in range(a, b - 1):
         x, y = int(xy[k, 0] - x0), int(xy[k, 1] - y0)
