@@ -28,13 +28,15 @@ LICENSE = (
 )
 
 
-def package(run: Path, spec: Path, name: str, out: Path, description: str | None = None) -> dict:
-    """Write ``out`` (float16 weights, card) from the model folder ``run``; return the card's metrics."""
+def package(run: Path, spec: Path, name: str, out: Path, description: str | None = None, test: bool = False) -> dict:
+    """Write ``out`` (float16 weights, card) from the model folder ``run``; return the card's metrics.
+
+    The card's ``metrics`` are those of the validation split (``mean``, ``images``, ``all_gland``: the trivial
+    everything-is-target prediction on the same images) and, with ``test``, the same for the test split under
+    ``metrics["test"]``.
+    """
     from wsi_weakseg.errors import ConfigError
     from wsi_weakseg.model.card import REGIONS, export_model, load_model
-    from wsi_weakseg.train.region_items import build_region_eval_items
-    from wsi_weakseg.train.region_validate import validate_regions
-    from wsi_weakseg.weak.spec import load_spec
 
     source = load_model(run)
     if source.card.model_type != REGIONS:
@@ -49,12 +51,27 @@ def package(run: Path, spec: Path, name: str, out: Path, description: str | None
     state = {k: v.half().float() if v.is_floating_point() else v for k, v in source.net.state_dict().items()}
     source.net.load_state_dict(state)
     cfg = {"data": {"mpp": source.card.mpp}, "regions": training["config"]["regions"]}
-    items = build_region_eval_items(load_spec(spec).split("validation"), cfg)
-    scores = validate_regions(source.net, source.card, items)
-    metrics = {"split": f"validation ({spec.name})", "n": len(items), "mean": scores["mean"],
-               "images": scores["images"], "weights": "float16"}
+    metrics = _split_metrics(source, cfg, spec, "validation")
+    if test:  # once, at the end: the weights are fixed above and nothing below chooses anything
+        metrics["test"] = _split_metrics(source, cfg, spec, "test")
     export_model(run, out, half=True, name=name, description=text, license=LICENSE, metrics=metrics)
     return metrics
+
+
+def _split_metrics(model, cfg: dict, spec: Path, split: str) -> dict:
+    """Scores of ``model`` on one split of ``spec``, beside the all-target prediction's pixel Dice."""
+    import numpy as np
+
+    from wsi_weakseg.evaluate.regions import evaluate_regions
+    from wsi_weakseg.train.region_items import build_region_eval_items
+    from wsi_weakseg.train.region_validate import validate_regions
+    from wsi_weakseg.weak.spec import load_spec
+
+    items = build_region_eval_items(load_spec(spec).split(split), cfg)
+    scores = validate_regions(model.net, model.card, items)
+    trivial = [evaluate_regions(np.ones(it.mask.shape, bool), it.mask)["dice"] for it in items]
+    return {"split": f"{split} ({spec.name})", "n": len(items), "mean": scores["mean"], "images": scores["images"],
+            "all_target_dice": round(float(np.mean(trivial)), 4), "weights": "float16"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,12 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="packaged model name, e.g. glands-points-v1")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (e.g. wsi_weakseg/models/NAME)")
     parser.add_argument("--description", help="card description (default: from the training config)")
+    parser.add_argument("--test", action="store_true",
+                        help="also score the held-out test split (once, at the end) into the card's metrics")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from wsi_weakseg.errors import UserInputError
 
     try:
-        metrics = package(args.run, args.spec, args.name, args.out, args.description)
+        metrics = package(args.run, args.spec, args.name, args.out, args.description, args.test)
     except UserInputError as exc:
         print(f"package_regions_model: {exc}", file=sys.stderr)
         return 2

@@ -163,9 +163,20 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     assert json.loads((tmp_path / "v.json").read_text())["mean"] == card["metrics"]["mean"]
     # scripts/package_regions_model.py: float16 weights, name and licence; the card's metrics are the packaged
     # weights' own (scored again from the written folder, they agree exactly)
+    # --test scores the test split too (here the validation image again, as a test item: the same numbers); the
+    # all-target baseline's Dice is 2|M| / (|M| + N) on the working grid
     package = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "package_regions_model.py"))
-    assert package["main"]([str(tmp_path / "m"), str(glas_spec), "--name", "glands-test", "--out", str(tmp_path / "p")]) == 0
+    data = yaml.safe_load(glas_spec.read_text())
+    data["items"] += [dict(it, split="test") for it in data["items"] if it["split"] == "validation"]
+    with_test = glas_spec.parent / "with-test.yaml"
+    with_test.write_text(yaml.safe_dump(data))
+    assert package["main"]([str(tmp_path / "m"), str(with_test), "--name", "glands-test", "--out", str(tmp_path / "p"),
+                            "--test"]) == 0
     packed = json.loads((tmp_path / "p" / "card.json").read_text())
+    mask = val_items[0].mask
+    assert packed["metrics"]["all_target_dice"] == round(2 * mask.sum() / (mask.sum() + mask.size), 4)
+    assert packed["metrics"]["test"]["mean"] == packed["metrics"]["mean"] and packed["metrics"]["test"]["n"] == 1
+    assert packed["metrics"]["test"]["all_target_dice"] == packed["metrics"]["all_target_dice"]
     assert packed["name"] == "glands-test" and "Research use only" in packed["license"] and packed["model_type"] == REGIONS
     assert all(v.dtype == torch.float16 for v in torch.load(tmp_path / "p" / "weights.pt", weights_only=True).values()
                if v.is_floating_point())
