@@ -20,6 +20,9 @@ import logging
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from package_model import relative_sources  # noqa: E402  (the nucleus packager's: no machine paths in cards)
+
 log = logging.getLogger("package_regions_model")
 
 LICENSE = (
@@ -54,7 +57,8 @@ def package(run: Path, spec: Path, name: str, out: Path, description: str | None
     metrics = _split_metrics(source, cfg, spec, "validation")
     if test:  # once, at the end: the weights are fixed above and nothing below chooses anything
         metrics["test"] = _split_metrics(source, cfg, spec, "test")
-    export_model(run, out, half=True, name=name, description=text, license=LICENSE, metrics=metrics)
+    export_model(run, out, half=True, name=name, description=text, license=LICENSE, metrics=metrics,
+                 training=relative_sources(training))
     return metrics
 
 

@@ -1,0 +1,52 @@
+"""The packaged gland model (issue 18): a regions card, fp16 weights, and card metrics that reproduce from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from wsi_weakseg.model.card import PACKAGED, REGIONS, available_models, load_model
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "configs" / "data" / "glas-split.yaml"  # the committed 54 / 14 / 17 split of GlaS train
+NAME = "glands-points-v1"
+
+
+def test_glands_model_is_a_packaged_regions_model_with_research_licence():
+    assert NAME in available_models()
+    model = load_model(NAME)  # checks the weights' sha256 against the card
+    card = model.card
+    assert card.model_type == REGIONS and card.trained and card.heads == ["region"] and card.activation == "sigmoid"
+    assert card.classes[0]["name"] == "Gland" and card.mpp == 1.25
+    assert "Research use only" in card.license and "GlaS" in card.license
+    state = torch.load(PACKAGED / NAME / card.weights, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert (PACKAGED / NAME / card.weights).stat().st_size <= 60 * 2**20
+    text = json.dumps(card.training)
+    assert card.training["recipe"] == "regions" and card.training["n_train"] == 54 and "/work/" not in text
+    metrics = card.metrics
+    assert metrics["n"] == 14 and metrics["test"]["n"] == 17
+    # better than calling every pixel gland, on validation and on the held-out test split
+    assert metrics["mean"]["dice"] > metrics["all_target_dice"] + 0.05
+    assert metrics["test"]["mean"]["dice"] > metrics["test"]["all_target_dice"] + 0.05
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_card_metrics_reproduce_from_the_shipped_weights(shared_data, tmp_path, split):
+    """Scoring the packaged weights on the committed split gives the card's numbers (float16 weights, CPU)."""
+    from wsi_weakseg.train.region_items import build_region_eval_items
+    from wsi_weakseg.train.region_validate import validate_regions
+    from wsi_weakseg.weak.spec import load_spec
+
+    spec = tmp_path / "spec.yaml"  # the committed split, pointed at wherever the data is
+    spec.write_text(SPEC.read_text().replace("../../../shared/data", str(shared_data)))
+    model = load_model(NAME)
+    expected = model.card.metrics if split == "validation" else model.card.metrics["test"]
+    items = build_region_eval_items(load_spec(spec).split(split),
+                                    {"data": {"mpp": model.card.mpp}, "regions": model.card.training["config"]["regions"]})
+    mean = validate_regions(model.net, model.card, items)["mean"]
+    for key in ("dice", "iou", "object_dice"):
+        assert mean[key] == pytest.approx(expected["mean"][key], abs=5e-3)
