@@ -27,6 +27,9 @@ def test_glands_model_is_a_packaged_regions_model_with_research_licence():
     assert (PACKAGED / NAME / card.weights).stat().st_size <= 60 * 2**20
     text = json.dumps(card.training)
     assert card.training["recipe"] == "regions" and card.training["n_train"] == 54 and "/work/" not in text
+    optim, regions = card.training["config"]["optim"], card.training["config"]["regions"]  # the committed arm's
+    assert (optim["lr"], optim["lr_schedule"], optim["epochs"], regions["loss"]) == (2e-4, "cosine", 60, "pce")
+    assert card.training["config"]["data"]["spec"] == "runs/glas-points/5pairs/spec.yaml"
     metrics = card.metrics
     assert metrics["n"] == 14 and metrics["test"]["n"] == 17
     # better than calling every pixel gland, on validation and on the held-out test split

@@ -43,3 +43,21 @@ def test_unconfirmed_nuclei_become_background_on_request():
     assert region.area == 100  # nothing cut out: nucleus 2's pixels are supervised background
     _, ignored, _ = confirm(labels, np.array([[1.0, 1.0]]), 1.0, 2.0)
     assert ignored.area == 100 - 16  # the default leaves its box grown by 1 px unsupervised
+
+
+def test_self_training_configs_differ_only_where_the_arms_do():
+    """round2-bg = round2 but for its labels; the ceiling = round2 on true masks, epochs scaled to the same steps."""
+    from wsi_weakseg.train.config import load_config
+
+    folder = SCRIPT.parents[1] / "configs" / "self-train"
+    cfg = {p.stem: load_config(p) for p in folder.glob("*.yaml")}
+    assert set(cfg) == {"round2", "round2-bg", "ceiling-masks"}
+    assert cfg["round2"]["recipe"] == "few-masks" and cfg["round2"]["few_masks"]["unsup_from_epoch"] is None
+    specs = {k: c["data"].pop("spec") for k, c in cfg.items()}
+    assert specs["round2"].endswith("runs/self-train/round2/spec.yaml")
+    assert specs["round2-bg"].endswith("runs/self-train/round2-bg/spec.yaml")
+    assert specs["ceiling-masks"].endswith("runs/ceiling/spec.yaml")
+    assert cfg["round2-bg"] == cfg["round2"]
+    assert cfg["ceiling-masks"]["optim"]["epochs"] == 96 and cfg["round2"]["optim"]["epochs"] == 24  # 19 vs 79 images
+    cfg["ceiling-masks"]["optim"]["epochs"] = 24
+    assert cfg["ceiling-masks"] == cfg["round2"]

@@ -227,6 +227,20 @@ def test_config_checks_of_the_regions_recipe():
 
 
 
+def test_committed_gland_arms_differ_from_the_pce_arm_only_in_the_schedule():
+    """configs/regions-eval: the shipped arm (glands-points-v1) = pCE, 5 pairs, 2e-4 cosine over 60 epochs."""
+    folder = Path(__file__).resolve().parents[2] / "configs" / "regions-eval"
+    arm = load_config(overrides={"recipe": "regions", "data": {"spec": "x"},
+                                 "regions": {"loss": "pce", "target_class": "Gland", "target_color": [0, 170, 60]}})
+    for name, (lr, epochs) in {"pce-5pairs-lr5e-4-cosine": (5e-4, 30), "pce-5pairs-lr2e-4-cosine-60": (2e-4, 60)}.items():
+        cfg = load_config(folder / f"{name}.yaml")
+        assert cfg["data"].pop("spec").endswith("runs/glas-points/5pairs/spec.yaml")
+        assert (cfg["optim"].pop("lr"), cfg["optim"].pop("lr_schedule"), cfg["optim"].pop("epochs")) == (lr, "cosine", epochs)
+        expected = {**arm, "data": {k: v for k, v in arm["data"].items() if k != "spec"},
+                    "optim": {k: v for k, v in arm["optim"].items() if k not in ("lr", "lr_schedule", "epochs")}}
+        assert cfg == expected
+
+
 def test_train_save_items_refuses_the_regions_recipe(tmp_path, capsys):
     from wsi_weakseg.cli import main
 
