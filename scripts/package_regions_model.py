@@ -20,8 +20,9 @@ import logging
 import sys
 from pathlib import Path
 
+# the nucleus packager's: no machine paths in cards
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from package_model import relative_sources  # noqa: E402  (the nucleus packager's: no machine paths in cards)
+from package_model import relative_sources
 
 log = logging.getLogger("package_regions_model")
 
@@ -34,7 +35,7 @@ LICENSE = (
 def package(run: Path, spec: Path, name: str, out: Path, description: str | None = None, test: bool = False) -> dict:
     """Write ``out`` (float16 weights, card) from the model folder ``run``; return the card's metrics.
 
-    The card's ``metrics`` are those of the validation split (``mean``, ``images``, ``all_gland``: the trivial
+    The card's ``metrics`` are those of the validation split (``mean``, ``images``, ``all_target_dice``: the trivial
     everything-is-target prediction on the same images) and, with ``test``, the same for the test split under
     ``metrics["test"]``.
     """
@@ -49,7 +50,8 @@ def package(run: Path, spec: Path, name: str, out: Path, description: str | None
     text = description or (
         f"ResNet34-UNet (width {source.card.arch_kwargs.get('width', 64)}) at {source.card.mpp} µm/px trained from "
         f"a few points inside and outside each {cls.lower()} (recipe regions, loss "
-        f"{training.get('config', {}).get('regions', {}).get('loss', '?')}); sigmoid {cls} probability")
+        f"{training.get('config', {}).get('regions', {}).get('loss', '?')}); sigmoid {cls} probability. Weights bundled "
+        "in the package (no training data is)")
     # score the weights users get: float16-rounded, computed in float32 as the loader does
     state = {k: v.half().float() if v.is_floating_point() else v for k, v in source.net.state_dict().items()}
     source.net.load_state_dict(state)

@@ -32,15 +32,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 from shapely.geometry import Point, box, mapping
 from shapely.ops import unary_union
 
-from wsi_weakseg.weak.spec import SpecItem, load_item_points, load_spec
+from wsi_weakseg.weak.spec import load_item_points, load_spec
+
+# spec entries as the few-masks specs write them
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_few_masks_spec import _entry, _write_yaml
 
 log = logging.getLogger("pseudo_masks")
 
@@ -96,14 +100,6 @@ def region_geojson(region) -> dict:
          "properties": {"objectType": "annotation", "name": "Annotated region"}}]}
 
 
-def _entry(item: SpecItem, **extra) -> dict:
-    entry: dict = {item.kind: str(item.image.resolve()), "split": item.split}
-    if item.mpp is not None:
-        entry["mpp"] = item.mpp
-    entry.update({k: str(Path(v).resolve()) for k, v in extra.items() if v is not None})
-    return entry
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", type=Path, help="data spec YAML with point clicks (v2's)")
@@ -131,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         points = load_item_points(item)
         with open_slide(item.image, mpp=item.mpp) as slide:
-            labels, origin = predict_level0(slide, predictor)
+            labels, _ = predict_level0(slide, predictor)  # a plain image: the whole of it, origin (0, 0)
             mpp = slide.mpp
-        assert origin == (0, 0), origin
         kept, region, n = confirm(labels, points.rc(), args.margin_um / mpp, args.miss_radius_um / mpp,
                                      args.unconfirmed)
         stem = item.image.stem
@@ -141,15 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(kept).save(args.out / "labels" / f"{stem}.png")
         (args.out / "regions" / f"{stem}.geojson").write_text(json.dumps(region_geojson(region)), encoding="utf-8")
-        entries.append(_entry(item, masks=args.out / "labels" / f"{stem}.png",
-                              region=args.out / "regions" / f"{stem}.geojson"))
+        entries.append(_entry(item, masks=(args.out / "labels" / f"{stem}.png").resolve(),
+                              region=(args.out / "regions" / f"{stem}.geojson").resolve()))
         counts[stem] = n
         log.info("%s: %s", stem, n)
     held = [_entry(it, points=it.points, labels=it.labels) for s in ("validation", "test") for it in spec.split(s)
             if it.labels is not None]
-    header = f"# made by scripts/pseudo_masks.py from {args.spec} and model {args.model} (unconfirmed: {args.unconfirmed}); see its docstring\n"
-    (args.out / "spec.yaml").write_text(header + yaml.safe_dump({"items": entries + held}, sort_keys=False),
-                                        encoding="utf-8")
+    _write_yaml(args.out / "spec.yaml", entries + held, f"# made by scripts/pseudo_masks.py from {args.spec} and model "
+                f"{args.model} (unconfirmed: {args.unconfirmed}); see its docstring\n")
     total = {k: sum(c[k] for c in counts.values()) for k in ("instances", "kept", "merged", "unconfirmed",
                                                               "clicks", "missed_clicks")}
     (args.out / "counts.json").write_text(json.dumps({"total": total, "images": counts}, indent=2) + "\n",
