@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Package a trained regions model (recipe: regions) as a packaged model: float16 weights, card, validation metrics.
 
-Nothing is chosen here: the net is the one ``wsi-weakseg train`` shipped (best validation pixel Dice) with its
-card's region thresholds. The float16-rounded weights are scored on the validation split of ``spec`` before anything is
+The net is the one ``wsi-weakseg train`` shipped (best validation pixel Dice) with its card's region thresholds, or,
+with ``--retune``, with ``region`` and ``min_hole_area_um2`` chosen again on the validation split through the engine's
+path (:func:`~wsi_weakseg.train.region_validate.tune_region_thresholds`; for runs validated before 2026-12-07, whose
+thresholds were tuned on a whole-image pass that differs from ``segment``). The float16-rounded weights are scored on the validation split of ``spec`` before anything is
 written (so the card's metrics are those of the weights users get) and the card gets the name, a description and the
 research-use licence of the GlaS data. For issue 18 (``glands-points-v1``)::
 
@@ -32,7 +34,8 @@ LICENSE = (
 )
 
 
-def package(run: Path, spec: Path, name: str, out: Path, description: str | None = None, test: bool = False) -> dict:
+def package(run: Path, spec: Path, name: str, out: Path, description: str | None = None, test: bool = False,
+            retune: bool = False) -> dict:
     """Write ``out`` (float16 weights, card) from the model folder ``run``; return the card's metrics.
 
     The card's ``metrics`` are those of the validation split (``mean``, ``images``, ``all_target_dice``: the trivial
@@ -56,12 +59,28 @@ def package(run: Path, spec: Path, name: str, out: Path, description: str | None
     state = {k: v.half().float() if v.is_floating_point() else v for k, v in source.net.state_dict().items()}
     source.net.load_state_dict(state)
     cfg = {"data": {"mpp": source.card.mpp}, "regions": training["config"]["regions"]}
+    if retune:  # validation only
+        training = {**training, "thresholds_tuning": _retune(source, cfg, spec)}
     metrics = _split_metrics(source, cfg, spec, "validation")
-    if test:  # once, at the end: the weights are fixed above and nothing below chooses anything
+    if test:  # once, at the end: the weights and thresholds are fixed above and nothing below chooses anything
         metrics["test"] = _split_metrics(source, cfg, spec, "test")
     export_model(run, out, half=True, name=name, description=text, license=LICENSE, metrics=metrics,
-                 training=relative_sources(training))
+                 thresholds=source.card.thresholds, training=relative_sources(training))
     return metrics
+
+
+def _retune(model, cfg: dict, spec: Path) -> dict:
+    """Choose the card's ``region`` and ``min_hole_area_um2`` again on the validation split (set on ``model.card``);
+    the tuning record for the card."""
+    from wsi_weakseg.train.region_items import build_region_eval_items
+    from wsi_weakseg.train.region_validate import tune_region_thresholds
+    from wsi_weakseg.weak.spec import load_spec
+
+    items = build_region_eval_items(load_spec(spec).split("validation"), cfg)
+    model.card.thresholds, table = tune_region_thresholds(model.net, model.card, items)
+    chosen = {k: model.card.thresholds[k] for k in ("region", "min_hole_area_um2")}
+    log.info("thresholds re-tuned on validation through segment's path: %s", chosen)
+    return {"metric": "dice", "chosen": chosen, "grid": table, "path": "engine tiles with the card's context (segment)"}
 
 
 def _split_metrics(model, cfg: dict, spec: Path, split: str) -> dict:
@@ -89,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--description", help="card description (default: from the training config)")
     parser.add_argument("--test", action="store_true",
                         help="also score the held-out test split (once, at the end) into the card's metrics")
+    parser.add_argument("--retune", action="store_true",
+                        help="choose the region level and hole size again on the validation split (segment's path)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from wsi_weakseg.errors import UserInputError
 
     try:
-        metrics = package(args.run, args.spec, args.name, args.out, args.description, args.test)
+        metrics = package(args.run, args.spec, args.name, args.out, args.description, args.test, args.retune)
     except UserInputError as exc:
         print(f"package_regions_model: {exc}", file=sys.stderr)
         return 2

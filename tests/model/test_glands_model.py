@@ -53,3 +53,47 @@ def test_card_metrics_reproduce_from_the_shipped_weights(shared_data, tmp_path, 
     mean = validate_regions(model.net, model.card, items)["mean"]
     for key in ("dice", "iou", "object_dice"):
         assert mean[key] == pytest.approx(expected["mean"][key], abs=5e-3)
+
+
+def test_native_scoring_is_what_segment_writes(shared_data, tmp_path):
+    """``evaluate_regions.py --native`` scores on the image's own grid exactly what `segment` writes: its region label
+    map brought to level 0 (each level-0 pixel takes the working pixel under its centre) gives the script's numbers,
+    and the written gland annotations, rasterised at level-0 pixel centres, cover those same pixels except where a
+    centre lies within GeoJSON's coordinate rounding (0.005 level-0 px) of a working-pixel edge."""
+    import runpy
+
+    import numpy as np
+    import shapely
+    import yaml
+    import zarr
+    from PIL import Image
+
+    from wsi_weakseg.engine.segment import SegmentOptions, segment
+    from wsi_weakseg.evaluate.regions import evaluate_regions, labels_at_level0
+    from wsi_weakseg.io.geojson import read_features
+
+    items = [it for it in yaml.safe_load(SPEC.read_text())["items"] if it["split"] == "validation"][:2]
+    items = [{**it, "image": it["image"].replace("../../../shared/data", str(shared_data)),
+              "labels": it["labels"].replace("../../../shared/data", str(shared_data)), "split": "test"} for it in items]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"defaults": {"mpp": 0.62}, "items": items}))
+    script = runpy.run_path(str(REPO / "scripts" / "evaluate_regions.py"))
+    assert script["main"]([NAME, str(spec), "--split", "test", "--native", "--out", str(tmp_path / "n.json")]) == 0
+    rows = json.loads((tmp_path / "n.json").read_text())["images"]
+    scale = 1.25 / 0.62  # working pixel in level-0 pixels
+    for it, row in zip(items, rows, strict=True):
+        mask = np.asarray(Image.open(it["labels"])) > 0
+        out = tmp_path / row["name"]
+        segment(it["image"], out, NAME, SegmentOptions(device="cpu", mpp=0.62, progress=False, preview=False,
+                                                       num_workers=1))
+        written = np.asarray(zarr.open_group(str(out / f"{row['name']}.ome.zarr"), mode="r")["labels/regions/0"]) > 0
+        up = labels_at_level0(written, mask.shape, scale)
+        scores = evaluate_regions(up, mask)
+        assert 0.5 < scores["dice"] < 1.0 and {k: row[k] for k in scores} == scores
+        glands = shapely.union_all([shapely.geometry.shape(f["geometry"])
+                                    for f in read_features(out / f"{row['name']}.geojson")])
+        yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]] + 0.5
+        drawn = shapely.contains_xy(glands, xx.ravel(), yy.ravel()).reshape(mask.shape)
+        ys, xs = np.nonzero(drawn != up)
+        near = lambda c: np.abs((c + 0.5) / scale - np.round((c + 0.5) / scale)) * scale <= 0.0051
+        assert (near(xs) | near(ys)).all() and ys.size < 0.01 * mask.size

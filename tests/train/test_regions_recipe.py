@@ -183,6 +183,13 @@ def test_train_writes_a_region_model_card_scored_on_the_validation_masks(glas_sp
     assert script["main"]([str(tmp_path / "p"), str(glas_spec), "--split", "validation", "--out", str(tmp_path / "p.json")]) == 0
     assert json.loads((tmp_path / "p.json").read_text())["mean"] == packed["metrics"]["mean"]
     assert package["main"]([str(tmp_path / "seg"), str(glas_spec), "--name", "x", "--out", str(tmp_path / "q")]) == 2
+    # --retune chooses the region level and hole size again on validation; the card's validation Dice is the best
+    # grid point's (same weights, same path)
+    assert package["main"]([str(tmp_path / "m"), str(glas_spec), "--name", "g", "--out", str(tmp_path / "r"), "--retune"]) == 0
+    retuned = json.loads((tmp_path / "r" / "card.json").read_text())
+    tuning = retuned["training"]["thresholds_tuning"]
+    assert {k: retuned["thresholds"][k] for k in tuning["chosen"]} == tuning["chosen"] and "segment" in tuning["path"]
+    assert retuned["metrics"]["mean"]["dice"] == pytest.approx(max(row["dice"] for row in tuning["grid"]))
     assert not (tmp_path / "q").exists()
     # `labels --model` shows each training item's points and the run's last u (> 0.5 green, < 0.5 red)
     from wsi_weakseg.cli import main

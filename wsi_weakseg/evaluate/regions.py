@@ -35,3 +35,28 @@ def evaluate_regions(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """
     p, g = np.asarray(pred) != 0, np.asarray(gt) != 0
     return {"dice": pixel_f1(p, g), "iou": pixel_iou(p, g), "object_dice": object_dice(ndi.label(p)[0], ndi.label(g)[0])}
+
+
+def labels_at_level0(labels: np.ndarray, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """A working-grid mask or label map on the level-0 grid of ``shape``: what the written polygons cover there.
+
+    Working pixel ``(i, j)`` spans level-0 ``[j s, (j + 1) s) x [i s, (i + 1) s)`` (``s = scale``, the working
+    pixel size in level-0 pixels; QuPath's corner convention), so level-0 pixel ``(y, x)`` takes the working pixel
+    under its centre, ``floor((x + 0.5) / s)``. Centres past the working grid (the strip of less than one working
+    pixel the grid leaves at the right and bottom) are 0: no polygon reaches there.
+
+    Examples
+    --------
+    >>> labels_at_level0(np.array([[1, 2]]), (2, 4), 2.0).tolist()
+    [[1, 1, 2, 2], [1, 1, 2, 2]]
+    >>> labels_at_level0(np.array([[1, 2]]), (1, 6), 2.5).tolist()  # centres 0.5 ... 5.5 -> 0 0 1 1 1 past
+    [[1, 1, 2, 2, 2, 0]]
+    """
+    from ..slide.view import level0_to_grid
+
+    labels = np.asarray(labels)
+    cols, rows = level0_to_grid((0, 0), scale, np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5)
+    rows, cols = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+    padded = np.zeros((labels.shape[0] + 1, labels.shape[1] + 1), labels.dtype)
+    padded[:-1, :-1] = labels
+    return padded[np.minimum(rows, labels.shape[0])[:, None], np.minimum(cols, labels.shape[1])[None, :]]

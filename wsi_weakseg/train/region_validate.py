@@ -1,16 +1,20 @@
-"""Validation of a region model during training: the net on whole validation images, scored per image.
+"""Validation of a region model: the probability map ``segment`` computes, thresholded as ``segment`` does, scored.
 
-The validation images are small at a region model's pixel size (a GlaS image is about 384 x 259 px at
-1.25 µm/px), so the net runs on each whole image (reflect-padded to a multiple of 32) rather than through the
-engine's tiling. The predicted mask is what ``segment`` would write: the probability rounded to uint8 as the
-engine stores it, then the card's region thresholds (``region``, ``min_region_area_um2``, ``min_hole_area_um2``)
-by the engine's own :func:`~wsi_weakseg.engine.region_polygons.region_labels`. Pixel Dice, IoU and object Dice
-(:func:`~wsi_weakseg.evaluate.regions.evaluate_regions`) are scored against the item's mask, and the partial
-cross-entropy (``pce``) on its points, when it has them.
+The predicted mask is what ``segment`` writes: the engine's tiled inference with the card's tile size and context
+(:func:`~wsi_weakseg.engine.whole.predict_maps`, the path ``wsi-weakseg evaluate`` and the nucleus recipes validate
+with), then the card's region thresholds (``region``, ``min_region_area_um2``, ``min_hole_area_um2``) by the engine's
+own :func:`~wsi_weakseg.engine.region_polygons.region_labels`. Pixel Dice, IoU and object Dice
+(:func:`~wsi_weakseg.evaluate.regions.evaluate_regions`) are scored against the item's mask on the working grid, and
+the partial cross-entropy (``pce``, a loss, not an output) on its points from the net's logits on the whole image.
+
+Until 2026-12-07 the masks came from one whole-image pass reflect-padded only to the stride: on GlaS images, smaller
+than one tile, that differs from ``segment``'s tile plus context (validation Dice 0.800 vs 0.790 for
+``glands-points-v1``, up to 0.15 on one image), so cards now report what ``segment`` gives.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 
@@ -42,9 +46,15 @@ def region_logits(net: torch.nn.Module, image: np.ndarray, normalization: Mappin
     return logits
 
 
-def stored_probability(logits: torch.Tensor) -> np.ndarray:
-    """The target's probability as the engine stores it: sigmoid of ``logits`` rounded to uint8 (0-255)."""
-    return torch.round(torch.sigmoid(logits).clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
+def region_probabilities(net: torch.nn.Module, card: ModelCard, images: Sequence[np.ndarray],
+                         device: str = "cpu") -> list[np.ndarray]:
+    """The target's probability (uint8, 0-255) of each image as ``segment`` computes it: the engine's tiles with
+    the card's tile size and context, on a copy of ``net`` (the training net keeps its mode and memory layout)."""
+    from ..engine.inference import Predictor
+    from ..engine.whole import predict_maps
+
+    predictor = Predictor(copy.deepcopy(net), card, device)
+    return [predict_maps(predictor, image)[0] for image in images]
 
 
 def validate_regions(net: torch.nn.Module, card: ModelCard, items: Sequence, device: str = "cpu") -> dict:
@@ -59,14 +69,15 @@ def validate_regions(net: torch.nn.Module, card: ModelCard, items: Sequence, dev
     from ..engine.region_polygons import region_labels, region_params
 
     params = region_params(card, card.mpp)
+    probs = iter(region_probabilities(net, card, [item.image for item in items if item.mask is not None], device))
     rows = []
     for item in items:
-        logits = region_logits(net, item.image, card.normalization, device)
         row: dict = {"name": item.name}
         if item.mask is not None:
-            labels, _ = region_labels(stored_probability(logits), params)
+            labels, _ = region_labels(next(probs), params)
             row.update(evaluate_regions(labels > 0, item.mask))
         if item.points is not None:
+            logits = region_logits(net, item.image, card.normalization, device)
             row["pce"] = float(partial_ce(logits, torch.from_numpy(item.points)))
         rows.append(row)
     mean = {}
@@ -96,8 +107,9 @@ def tune_region_thresholds(net: torch.nn.Module, card: ModelCard, items: Sequenc
     """
     from ..engine.region_polygons import region_labels, region_params
 
-    probs = [(stored_probability(region_logits(net, item.image, card.normalization, device)), item.mask)
-             for item in items if item.mask is not None]
+    masked = [item for item in items if item.mask is not None]
+    probs = list(zip(region_probabilities(net, card, [item.image for item in masked], device),
+                     [item.mask for item in masked]))
     if not probs:
         return dict(card.thresholds), []
     own = (card.thresholds["region"], card.thresholds.get("min_hole_area_um2", 0.0))
