@@ -35,7 +35,7 @@ LICENSE = (
 
 
 def package(run: Path, spec: Path, name: str, out: Path, description: str | None = None, test: bool = False,
-            retune: bool = False) -> dict:
+            retune: bool = False, measure_context: bool = False) -> dict:
     """Write ``out`` (float16 weights, card) from the model folder ``run``; return the card's metrics.
 
     The card's ``metrics`` are those of the validation split (``mean``, ``images``, ``all_target_dice``: the trivial
@@ -59,14 +59,29 @@ def package(run: Path, spec: Path, name: str, out: Path, description: str | None
     state = {k: v.half().float() if v.is_floating_point() else v for k, v in source.net.state_dict().items()}
     source.net.load_state_dict(state)
     cfg = {"data": {"mpp": source.card.mpp}, "regions": training["config"]["regions"]}
+    if measure_context:  # before tuning: the context changes what segment computes on images smaller than a tile
+        _measure_context(source, cfg, spec)
     if retune:  # validation only
         training = {**training, "thresholds_tuning": _retune(source, cfg, spec)}
     metrics = _split_metrics(source, cfg, spec, "validation")
     if test:  # once, at the end: the weights and thresholds are fixed above and nothing below chooses anything
         metrics["test"] = _split_metrics(source, cfg, spec, "test")
     export_model(run, out, half=True, name=name, description=text, license=LICENSE, metrics=metrics,
-                 thresholds=source.card.thresholds, training=relative_sources(training))
+                 thresholds=source.card.thresholds, context_px=source.card.context_px, training=relative_sources(training))
     return metrics
+
+
+def _measure_context(model, cfg: dict, spec: Path) -> None:
+    """Measure the card's context again on the validation images, as mosaics where they are small (runs trained before
+    2026-12-07 kept the default 64 px when no image reached 256 px)."""
+    from wsi_weakseg.train.region_items import build_region_eval_items
+    from wsi_weakseg.train.trainer import measure_card_context
+    from wsi_weakseg.weak.spec import load_spec
+
+    items = build_region_eval_items(load_spec(spec).split("validation"), cfg)
+    before = model.card.context_px
+    model.card.context_px = measure_card_context(model.net, model.card, [item.image for item in items])
+    log.info("context measured again: %d px (card had %d)", model.card.context_px, before)
 
 
 def _retune(model, cfg: dict, spec: Path) -> dict:
@@ -110,12 +125,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score the held-out test split (once, at the end) into the card's metrics")
     parser.add_argument("--retune", action="store_true",
                         help="choose the region level and hole size again on the validation split (segment's path)")
+    parser.add_argument("--measure-context", action="store_true",
+                        help="measure the card's context again on the validation images (mosaics of small ones)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from wsi_weakseg.errors import UserInputError
 
     try:
-        metrics = package(args.run, args.spec, args.name, args.out, args.description, args.test, args.retune)
+        metrics = package(args.run, args.spec, args.name, args.out, args.description, args.test, args.retune,
+                          args.measure_context)
     except UserInputError as exc:
         print(f"package_regions_model: {exc}", file=sys.stderr)
         return 2

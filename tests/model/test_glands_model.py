@@ -20,7 +20,7 @@ def test_glands_model_is_a_packaged_regions_model_with_research_licence():
     model = load_model(NAME)  # checks the weights' sha256 against the card
     card = model.card
     assert card.model_type == REGIONS and card.trained and card.heads == ["region"] and card.activation == "sigmoid"
-    assert card.classes[0]["name"] == "Gland" and card.mpp == 1.25
+    assert card.classes[0]["name"] == "Gland" and card.mpp == 2.5 and card.context_px == 256
     assert "Research use only" in card.license and "GlaS" in card.license
     state = torch.load(PACKAGED / NAME / card.weights, weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
@@ -28,7 +28,8 @@ def test_glands_model_is_a_packaged_regions_model_with_research_licence():
     text = json.dumps(card.training)
     assert card.training["recipe"] == "regions" and card.training["n_train"] == 54 and "/work/" not in text
     optim, regions = card.training["config"]["optim"], card.training["config"]["regions"]  # the committed arm's
-    assert (optim["lr"], optim["lr_schedule"], optim["epochs"], regions["loss"]) == (2e-4, "cosine", 60, "pce")
+    assert (optim["lr"], optim["lr_schedule"], optim["epochs"], regions["loss"]) == (2e-4, "cosine", 120, "pce")
+    assert card.training["config"]["data"]["mpp"] == 2.5 and card.training["thresholds_tuning"]["path"].endswith("(segment)")
     assert card.training["config"]["data"]["spec"] == "runs/glas-points/5pairs/spec.yaml"
     metrics = card.metrics
     assert metrics["n"] == 14 and metrics["test"]["n"] == 17
@@ -80,7 +81,7 @@ def test_native_scoring_is_what_segment_writes(shared_data, tmp_path):
     script = runpy.run_path(str(REPO / "scripts" / "evaluate_regions.py"))
     assert script["main"]([NAME, str(spec), "--split", "test", "--native", "--out", str(tmp_path / "n.json")]) == 0
     rows = json.loads((tmp_path / "n.json").read_text())["images"]
-    scale = 1.25 / 0.62  # working pixel in level-0 pixels
+    scale = load_model(NAME).card.mpp / 0.62  # working pixel in level-0 pixels
     for it, row in zip(items, rows, strict=True):
         mask = np.asarray(Image.open(it["labels"])) > 0
         out = tmp_path / row["name"]

@@ -225,3 +225,19 @@ def test_former_card_key_max_nucleus_um_is_read_and_keeps_the_identity():
     assert identity_sha256(ModelCard.from_dict({**base, "max_reach_um": 21.0}), None) != identity_sha256(new, None)
     with pytest.raises(ModelCardError, match="former name"):
         ModelCard.from_dict({**base, "max_nucleus_um": 20.0})
+
+
+def test_context_images_tiles_small_images_into_mosaics():
+    from wsi_weakseg.model.context import context_images
+
+    rng = np.random.default_rng(0)
+    big = [rng.integers(0, 256, (300, 280, 3), dtype=np.uint8) for _ in range(3)]
+    assert [m is b for m, b in zip(context_images(big), big[:2], strict=True)] == [True, True]
+    # 9 small images of unequal size: not 2 x 2 (2 * 100 < 256), one 3 x 3 mosaic of the common 100 x 120 crop
+    small = [rng.integers(0, 256, (100 + i, 120 + 2 * i, 3), dtype=np.uint8) for i in range(9)]
+    (mosaic,) = context_images(small)
+    assert mosaic.shape == (300, 360, 3)
+    for i, im in enumerate(small):
+        r, c = divmod(i, 3)
+        np.testing.assert_array_equal(mosaic[r * 100 : (r + 1) * 100, c * 120 : (c + 1) * 120], im[:100, :120])
+    assert context_images(small[:3]) == [] and context_images([]) == []

@@ -141,3 +141,32 @@ def measure_anchored_context(predictor: Predictor, images: Sequence[np.ndarray],
     params = anchored_params(predictor.card, predictor.card.mpp)
     extra = params.reach + math.ceil(predictor.card.thresholds["peak_radius_um"] / predictor.card.mpp)
     return -(-(measured + extra) // STRIDE) * STRIDE, measured
+
+
+def context_images(images: Sequence[np.ndarray], side: int = 256, count: int = 2) -> list[np.ndarray]:
+    """Up to ``count`` images of at least ``side`` px on both sides to measure a context on.
+
+    Images that large are used as they are. Otherwise (small images at a region model's low magnification, e.g.
+    GlaS at 2.5 µm/px, 192 x 129 px) consecutive images are cropped to their common size and tiled into 2 x 2,
+    3 x 3, ... mosaics until large enough: a mosaic's seams are image content like any other for the question
+    "how far does a pixel's output look". Empty when even a mosaic of every image is too small.
+
+    Examples
+    --------
+    >>> small = [np.full((150, 200, 3), i, np.uint8) for i in range(8)]
+    >>> [m.shape for m in context_images(small)]
+    [(300, 400, 3), (300, 400, 3)]
+    """
+    large = [im for im in images if min(im.shape[:2]) >= side][:count]
+    if large or not images:
+        return large
+    for k in range(2, math.isqrt(len(images)) + 1):
+        h = min(im.shape[0] for im in images)
+        w = min(im.shape[1] for im in images)
+        if min(k * h, k * w) < side:
+            continue
+        groups = [images[i : i + k * k] for i in range(0, len(images) - k * k + 1, k * k)][:count]
+        return [np.concatenate([np.concatenate([im[:h, :w] for im in g[r * k : (r + 1) * k]], axis=1)
+                                for r in range(k)], axis=0) for g in groups]
+    return []
+

@@ -244,7 +244,7 @@ def train(
     history = run(cfg, recipe, work, resume=resume, validate=selection, on_step=step_hook, max_steps=max_steps,
                   after_epoch=epoch_hook)
     net, best, metrics = _shipped_net(card, work, recipe, nets[0], history)
-    card.context_px = _measure_context(net, card, [v.image for v in val_items] or [t.image for t in train_items])
+    card.context_px = measure_card_context(net, card, [v.image for v in val_items] or [t.image for t in train_items])
     card.metrics, tuning = _final_metrics(cfg, card, net, val_items, metric, metrics)
     card.training = {
         "recipe": cfg["recipe"], "instances": INSTANCES[cfg["recipe"]], "config": json.loads(json.dumps(cfg, default=str)),
@@ -343,15 +343,20 @@ def _shipped_net(card: ModelCard, work: Path, recipe, fallback: str,
     return net, best, None
 
 
-def _measure_context(net: torch.nn.Module, card: ModelCard, images: Sequence[np.ndarray]) -> int:
-    """Context for tiled == whole-image maps within 0.01 on up to two images (tile 128, multiples of 32); for a
-    detect-segment model, its detection map's context plus the reach of its decisions."""
+def measure_card_context(net: torch.nn.Module, card: ModelCard, images: Sequence[np.ndarray]) -> int:
+    """Context for tiled == whole-image maps within 0.01 on up to two images or mosaics of them
+    (:func:`~wsi_weakseg.model.context.context_images`; tile 128, multiples of 32); for a detect-segment model, its
+    detection map's context plus the reach of its decisions."""
     from ..engine.inference import Predictor
-    from ..model.context import measure_anchored_context, measure_context
+    from ..model.context import (
+        context_images,
+        measure_anchored_context,
+        measure_context,
+    )
 
-    usable = [im for im in images if min(im.shape[:2]) >= 256][:2]
+    usable = context_images(images)  # small images (low-magnification region items) as mosaics
     if not usable:
-        log.warning("no image of at least 256 px to measure the context on; keeping %d px", card.context_px)
+        log.warning("no image or mosaic of at least 256 px to measure the context on; keeping %d px", card.context_px)
         return card.context_px
     if card.model_type == DETECT_SEGMENT:
         context, measured = measure_anchored_context(Predictor(net, card, "cpu"), usable, tile=128)
