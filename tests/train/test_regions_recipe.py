@@ -259,15 +259,17 @@ def test_train_save_items_refuses_the_regions_recipe(tmp_path, capsys):
 
 def test_committed_low_magnification_gland_arms_change_only_the_pixel_size_epochs_and_stain():
     """configs/regions-eval: the 2.5 µm/px arms = the 60-epoch arm at half the magnification (crop, patch and point
-    square scaled with it), 120 epochs, and for one of them HED stain augmentation."""
+    square scaled with it), 120 epochs, and for one of them HED stain augmentation, for another the CVM loss."""
     folder = Path(__file__).resolve().parents[2] / "configs" / "regions-eval"
     base = load_config(folder / "pce-5pairs-lr2e-4-cosine-60.yaml")
-    for name, stain in (("pce-5pairs-mpp2.5-cosine-120", 0.0), ("pce-5pairs-mpp2.5-stain-cosine-120", 0.4)):
+    for name, stain in (("pce-5pairs-mpp2.5-cosine-120", 0.0), ("pce-5pairs-mpp2.5-stain-cosine-120", 0.4),
+                        ("cvm-5pairs-mpp2.5-cosine-120", 0.0)):
         cfg = load_config(folder / f"{name}.yaml")
+        assert cfg["regions"].pop("loss") == name[:3] and base["regions"]["loss"] == "pce"
         assert (cfg["data"].pop("mpp"), cfg["data"].pop("patch"), cfg["data"].pop("crop")) == (2.5, 128, 128)
         assert (cfg["optim"].pop("epochs"), cfg["regions"].pop("point_radius_um"), cfg["augment"].pop("stain")) == (120, 2.5, stain)
         expected = {**base, "data": {k: v for k, v in base["data"].items() if k not in ("mpp", "patch", "crop")},
                     "optim": {k: v for k, v in base["optim"].items() if k != "epochs"},
-                    "regions": {k: v for k, v in base["regions"].items() if k != "point_radius_um"},
+                    "regions": {k: v for k, v in base["regions"].items() if k not in ("point_radius_um", "loss")},
                     "augment": {k: v for k, v in base["augment"].items() if k != "stain"}}
         assert cfg == expected
